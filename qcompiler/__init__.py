@@ -1,0 +1,21 @@
+"""qcompiler: a quantization compiler for PyTorch models.
+
+    gm = qcompiler.capture(model, example_inputs)
+    result = qcompiler.PassManager(["fold_bn", "equalize"], verify=True).run(gm)
+    print(result.report)
+"""
+from .capture import capture
+from .errors import CaptureError, GraphError, PassError, PassOrderError, QCompilerError
+from .pass_manager import (Pass, PassContext, PassManager, PassReport, PassResult, get_pass, order_passes,
+                           register_pass, run_passes)
+from .verify import count_ops, verify_graph
+
+FLOAT_PASSES = ["fold_bn", "equalize"]
+
+__all__ = [
+    "capture", "Pass", "PassContext", "PassManager", "PassReport", "PassResult", "register_pass", "run_passes",
+    "get_pass", "order_passes", "verify_graph", "count_ops", "FLOAT_PASSES",
+    "QCompilerError", "CaptureError", "PassError", "PassOrderError", "GraphError",
+]
+
+from . import passes  # noqa: E402,F401  registers the built-in passes

@@ -1,0 +1,181 @@
+"""Capture: ``torch.export`` a model (in eval mode) into an fx GraphModule of core ATen ops.
+
+``aten.linear`` is kept whole (as PT2E does) rather than decomposed into permute+addmm, so
+that a linear layer's weight stays recognisable to the passes; everything else is core ATen.
+Parameters and buffers are copied: no pass can write into the user's model.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+import traceback
+import warnings
+from typing import Any, Sequence
+
+import torch
+import torch.fx as fx
+
+from .errors import CaptureError
+
+_TORCH_DIR = os.path.dirname(torch.__file__)
+
+
+def _decomposition_table() -> dict:
+    table = torch.export.default_decompositions()
+    table.pop(torch.ops.aten.linear.default, None)
+    return table
+
+
+def _as_tuple(example_inputs: Any) -> tuple:
+    if isinstance(example_inputs, torch.Tensor):
+        return (example_inputs,)
+    if isinstance(example_inputs, list):
+        return tuple(example_inputs)
+    if not isinstance(example_inputs, tuple):
+        raise CaptureError(
+            f"example_inputs must be a tensor or a tuple of the model's positional inputs, "
+            f"got {type(example_inputs).__name__}"
+        )
+    return example_inputs
+
+
+class _ModuleStack:
+    """Forward hooks that remember which submodule was running when export failed
+    (export runs the model's Python for real in non-strict mode)."""
+
+    def __init__(self, model: torch.nn.Module):
+        self.stack: list[str] = []  # on an exception, forward hooks do not pop: the stack at fault stays
+        self.handles = []
+        for name, mod in model.named_modules():
+            self.handles.append(mod.register_forward_pre_hook(self._enter(name or type(model).__name__, mod)))
+            self.handles.append(mod.register_forward_hook(self._leave()))
+
+    def _enter(self, name: str, mod: torch.nn.Module):
+        def hook(_m, _inp):
+            self.stack.append(f"{name} ({type(mod).__name__})")
+        return hook
+
+    def _leave(self):
+        def hook(_m, _inp, _out):
+            if self.stack:
+                self.stack.pop()
+        return hook
+
+    def remove(self) -> None:
+        for h in self.handles:
+            h.remove()
+
+
+def _user_frame(exc: BaseException) -> str:
+    """The deepest traceback frame outside torch: the line of the user's model at fault."""
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if not f.filename.startswith(_TORCH_DIR)]
+    frames = [f for f in frames if not f.filename.endswith(os.path.join("qcompiler", "capture.py"))]
+    if not frames:
+        return ""
+    f = frames[-1]
+    return f"{f.filename}:{f.lineno} in {f.name}: {f.line}"
+
+
+_QUIET_LOGGERS = ("torch._export", "torch.export", "torch.fx.experimental.symbolic_shapes", "torch._dynamo")
+
+
+@contextlib.contextmanager
+def _quiet_torch_logs():
+    """torch.export logs specialisations and graph dumps at WARNING; our error says it better."""
+    loggers = [logging.getLogger(n) for n in _QUIET_LOGGERS]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        # torch.export prints the partial graph of a failed export to stderr; it is kept on
+        # the exception (``partial_fx_graph``) and our error says where it failed.
+        with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
+            warnings.simplefilter("ignore", FutureWarning)
+            yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
+def _batch_is_symbolic(exported) -> bool:
+    for node in exported.graph.nodes:
+        if node.op == "placeholder" and node.name in exported.graph_signature.user_inputs:
+            val = node.meta.get("val")
+            if isinstance(val, torch.Tensor) and val.dim() > 0 and not isinstance(val.shape[0], int):
+                return True
+    return False
+
+
+def _export(model: torch.nn.Module, inputs: tuple, dynamic_batch: bool, stack: _ModuleStack):
+    tensors = [t for t in inputs if isinstance(t, torch.Tensor) and t.dim() > 0]
+    if not dynamic_batch or not tensors:
+        return torch.export.export(model, inputs, strict=False)
+    dyn = tuple({0: torch.export.Dim.AUTO} if isinstance(t, torch.Tensor) and t.dim() > 0 else None for t in inputs)
+    # torch specialises a size-1 dimension; trace a batch of 2 instead, and keep the result
+    # only if the batch really stayed symbolic (else the model fixes it: use the example).
+    if all(t.shape[0] == 1 for t in tensors):
+        doubled = tuple(torch.cat([t, t]) if isinstance(t, torch.Tensor) and t.dim() > 0 else t for t in inputs)
+        try:
+            exported = torch.export.export(model, doubled, dynamic_shapes=dyn, strict=False)
+            if _batch_is_symbolic(exported):
+                return exported
+        except Exception:
+            pass
+        stack.stack.clear()
+        return torch.export.export(model, inputs, strict=False)
+    return torch.export.export(model, inputs, dynamic_shapes=dyn, strict=False)
+
+
+def capture(model: torch.nn.Module, example_inputs: Any, *, dynamic_batch: bool = True) -> fx.GraphModule:
+    """Export ``model`` (in eval mode) with ``example_inputs`` into a GraphModule of core ATen
+    ops (plus ``aten.linear``) whose parameters are copies of the model's.
+
+    With ``dynamic_batch`` the leading dimension of every input is left symbolic where the
+    model allows it (torch.export's ``Dim.AUTO``: it silently falls back to the example's
+    size if the model fixes it). The model's train/eval flag is restored afterwards.
+    Raises CaptureError naming the model class, the submodule and the source line that failed.
+    """
+    if not isinstance(model, torch.nn.Module):
+        raise CaptureError(f"capture() takes a torch.nn.Module, got {type(model).__name__}")
+    inputs = _as_tuple(example_inputs)
+    was_training = model.training
+    if was_training:
+        warnings.warn(
+            f"{type(model).__name__} is in training mode; qcompiler captures it in eval mode "
+            "(BatchNorm uses its running statistics, dropout is off).",
+            stacklevel=2,
+        )
+    model.eval()
+    stack = _ModuleStack(model)
+    try:
+        with _quiet_torch_logs():
+            exported = _export(model, inputs, dynamic_batch, stack)
+            gm = exported.run_decompositions(_decomposition_table()).module()
+    except Exception as exc:  # torch raises many kinds; all become one clear error
+        where = " > ".join(stack.stack) or type(model).__name__
+        line = _user_frame(exc)
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CaptureError(
+            f"could not capture {type(model).__name__} with torch.export.\n"
+            f"  failing module: {where}\n"
+            + (f"  failing line:   {line}\n" if line else "")
+            + f"  torch says:     {type(exc).__name__}: {first_line}\n"
+            "  what to try: make the model's forward free of Python control flow on tensor values "
+            "(use torch.where / torch.cond), of .item()/.tolist() and of in-place changes to module "
+            "state; pass example_inputs with the shapes you will run; or capture the submodule "
+            "that exports and handle the rest outside. The full torch error is chained below."
+        ) from exc
+    finally:
+        stack.remove()
+        model.train(was_training)
+    for name, p in list(gm.named_parameters()):
+        owner = gm.get_submodule(name.rpartition(".")[0]) if "." in name else gm
+        owner._parameters[name.rpartition(".")[2]] = torch.nn.Parameter(p.detach().clone(), requires_grad=False)
+    for name, b in list(gm.named_buffers()):
+        owner = gm.get_submodule(name.rpartition(".")[0]) if "." in name else gm
+        owner._buffers[name.rpartition(".")[2]] = b.detach().clone()
+    gm.meta["model_class"] = type(model).__name__
+    gm.meta["example_inputs"] = inputs
+    return gm

@@ -350,7 +350,7 @@ class PassManager:
                     try:
                         verify_graph(gm)
                     except QCompilerError as exc:
-                        raise PassError(f"pass '{name}' left a malformed graph: {exc}") from exc
+                        raise PassError(f"pass '{name}' left a {exc}") from exc
                 record = PassRecord(name, seconds, getattr(result, "changed_nodes", 0), result.modified, result.summary)
                 if self.verify:
                     after = _run_graph(gm, ctx.example_inputs)

@@ -29,7 +29,7 @@ def verify_graph(gm: fx.GraphModule) -> None:
     if len(outputs) != 1:
         problems.append(f"the graph has {len(outputs)} output nodes; it must have exactly one")
     if problems:
-        raise GraphError("the graph is malformed:\n  - " + "\n  - ".join(problems))
+        raise GraphError("malformed graph:\n  - " + "\n  - ".join(problems))
 
 
 def count_ops(gm: fx.GraphModule) -> dict[str, int]:

@@ -26,6 +26,17 @@ BN_TRAIN_OPS = {
 }
 
 
+def clone_graph(gm: fx.GraphModule) -> fx.GraphModule:
+    """A deep copy of ``gm`` (graph, parameters, buffers, meta), without the FutureWarning
+    torch's pytree emits when a captured module is copied."""
+    import copy
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        return copy.deepcopy(gm)
+
+
 def is_call(node: Any, ops: Iterable) -> bool:
     """True if ``node`` is a call_function node whose target is in ``ops``."""
     return isinstance(node, fx.Node) and node.op == "call_function" and node.target in ops

@@ -30,11 +30,14 @@ PRESERVES_KINDS = ("function", "function_up_to_fp", "nothing")
 @dataclass
 class PassResult:
     """What a pass returns: the graph module, whether it changed anything, and one line
-    saying what it did (shown in the report)."""
+    saying what it did (shown in the report). ``Pass.__call__`` fills in how many ops were
+    added, removed or rewired and how many constant tensors are new or changed."""
 
     gm: fx.GraphModule
     modified: bool
     summary: str = ""
+    changed_ops: int = 0
+    changed_tensors: int = 0
 
 
 @dataclass
@@ -81,9 +84,8 @@ class Pass:
         out = self.run(gm, ctx)
         result = out if isinstance(out, PassResult) else PassResult(out, modified=False)
         result.gm.recompile()
-        changed = _count_changes(before, _snapshot(result.gm))
-        result.modified = result.modified or changed > 0
-        result.changed_nodes = changed  # type: ignore[attr-defined]
+        result.changed_ops, result.changed_tensors = _count_changes(before, _snapshot(result.gm))
+        result.modified = result.modified or result.changed_ops + result.changed_tensors > 0
         self.ensures(result.gm, ctx)
         return result
 
@@ -184,7 +186,8 @@ def order_passes(passes: Sequence[Pass]) -> list[Pass]:
 class PassRecord:
     name: str
     seconds: float
-    changed_nodes: int
+    changed_ops: int
+    changed_tensors: int
     modified: bool
     summary: str = ""
     max_abs_error: Optional[float] = None
@@ -194,7 +197,7 @@ class PassRecord:
 
 @dataclass
 class PassReport:
-    """One row per pass run: time, nodes changed, and (verify mode) the error it introduced
+    """One row per pass run: time, ops and constant tensors changed, and (verify mode) the error it introduced
     relative to the graph before it, and the accumulated error relative to the input graph."""
 
     records: list[PassRecord] = field(default_factory=list)
@@ -203,12 +206,12 @@ class PassReport:
         from rich.table import Table
 
         t = Table(title="pass report")
-        for col, just in (("pass", "left"), ("time (ms)", "right"), ("nodes changed", "right"),
+        for col, just in (("pass", "left"), ("time (ms)", "right"), ("ops changed", "right"), ("tensors changed", "right"),
                           ("max abs err", "right"), ("rel err", "right"), ("total rel err", "right"), ("what it did", "left")):
             t.add_column(col, justify=just)
         fmt = lambda v: "-" if v is None else f"{v:.2e}"
         for r in self.records:
-            t.add_row(r.name, f"{r.seconds * 1e3:.1f}", str(r.changed_nodes), fmt(r.max_abs_error),
+            t.add_row(r.name, f"{r.seconds * 1e3:.1f}", str(r.changed_ops), str(r.changed_tensors), fmt(r.max_abs_error),
                       fmt(r.rel_error), fmt(r.total_rel_error), r.summary)
         return t
 
@@ -283,17 +286,22 @@ def _snapshot(gm: fx.GraphModule) -> dict:
     return snap
 
 
-def _count_changes(before: dict, after: dict) -> int:
-    changed = len(before.keys() ^ after.keys())
+def _count_changes(before: dict, after: dict) -> tuple[int, int]:
+    """(ops added, removed or rewired; constant tensors added or changed in value)."""
+    is_const = lambda snap, name: snap[name][0][0] == "get_attr"
+    ops = sum(1 for n in before.keys() - after.keys() if not is_const(before, n))
+    ops += sum(1 for n in after.keys() - before.keys() if not is_const(after, n))
+    tensors = sum(1 for n in after.keys() - before.keys() if is_const(after, n))
     for name in before.keys() & after.keys():
         (sig_b, t_b), (sig_a, t_a) = before[name], after[name]
-        if sig_b != sig_a:
-            changed += 1
-        elif t_b is not None and t_a is not None:
-            old_value, new = t_b[1], t_a[0]
-            if not (old_value.shape == new.shape and torch.equal(old_value, new)):
-                changed += 1
-    return changed
+        if is_const(after, name):
+            new = None if t_a is None else t_a[0]
+            old_value = None if t_b is None else t_b[1]
+            if new is not None and not (old_value is not None and old_value.shape == new.shape and torch.equal(old_value, new)):
+                tensors += 1
+        elif sig_b != sig_a:
+            ops += 1
+    return ops, tensors
 
 
 class PassManager:
@@ -351,7 +359,7 @@ class PassManager:
                         verify_graph(gm)
                     except QCompilerError as exc:
                         raise PassError(f"pass '{name}' left a {exc}") from exc
-                record = PassRecord(name, seconds, getattr(result, "changed_nodes", 0), result.modified, result.summary)
+                record = PassRecord(name, seconds, result.changed_ops, result.changed_tensors, result.modified, result.summary)
                 if self.verify:
                     after = _run_graph(gm, ctx.example_inputs)
                     record.max_abs_error, record.rel_error = output_error(reference, after)

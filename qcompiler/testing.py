@@ -28,6 +28,7 @@ from hypothesis import strategies as st
 from torch.utils._pytree import tree_leaves
 
 from .capture import capture
+from .graph import clone_graph
 from .pass_manager import PassLike, PassManager, PassManagerResult, get_pass
 
 EXAMPLES = int(os.environ.get("QCOMPILER_EXAMPLES", "200"))
@@ -232,6 +233,9 @@ def float_models(draw, max_blocks: int = 5, activations: Sequence[str] = ACTIVAT
                 kind = draw(st.sampled_from(list(activations)))
                 layers.append(_activation(kind, -1.0, 3.0))
                 spec.append(kind)
+            if draw(st.integers(0, 3)) == 0:
+                layers.append(nn.Dropout(0.5))  # eval mode: an identity (a clone in the graph)
+                spec.append("dropout")
             features = out
     return ModelCase(nn.Sequential(*layers).eval(), inputs, spec)
 
@@ -246,7 +250,7 @@ def _float_leaves(out: Any) -> list[torch.Tensor]:
 def _run64(module: nn.Module, inputs: tuple) -> list[torch.Tensor]:
     """Run ``module`` in float64 (a copy), so that the comparison sees the rewrite's own error
     (parameters rounded once to float32) and not the rounding of float32 arithmetic."""
-    m = copy.deepcopy(module).double()
+    m = (clone_graph(module) if isinstance(module, fx.GraphModule) else copy.deepcopy(module)).double()
     with torch.no_grad():
         return _float_leaves(m(*[t.double() if isinstance(t, torch.Tensor) and t.is_floating_point() else t for t in inputs]))
 
@@ -276,7 +280,7 @@ def assert_preserves(passes: Union[PassLike, Sequence[PassLike]], model: Union[n
         if any(p.preserves == "nothing" for p in pass_list):
             raise ValueError("a pass that declares preserves='nothing' needs an explicit tol= for assert_preserves")
         tol = sum(p.tolerance for p in pass_list)
-    gm = copy.deepcopy(model) if isinstance(model, fx.GraphModule) else capture(model, inputs)
+    gm = clone_graph(model) if isinstance(model, fx.GraphModule) else capture(model, inputs)
     probes = [inputs] + [tuple(torch.randn_like(t) * t.std().clamp_min(1.0) if isinstance(t, torch.Tensor) and t.is_floating_point() else t
                                for t in inputs) for _ in range(extra_inputs)]
     with torch.no_grad():

@@ -3,12 +3,11 @@ graph's weights quantize (used to measure what CLE buys). The full quantization 
 on activations, calibration, integer programs) is a separate pipeline."""
 from __future__ import annotations
 
-import copy
 
 import torch
 import torch.fx as fx
 
-from .graph import layer_view, replace_constant_arg, tensor_arg
+from .graph import clone_graph, layer_view, replace_constant_arg, tensor_arg
 
 
 def fake_quantize_weight(w: torch.Tensor, bits: int = 8, per_channel: bool = False) -> torch.Tensor:
@@ -26,7 +25,7 @@ def fake_quantize_weight(w: torch.Tensor, bits: int = 8, per_channel: bool = Fal
 
 def fake_quantize_weights(gm: fx.GraphModule, bits: int = 8, per_channel: bool = False) -> fx.GraphModule:
     """A copy of ``gm`` whose conv/linear weights are fake-quantized (activations stay float)."""
-    out = copy.deepcopy(gm)
+    out = clone_graph(gm)
     for node in list(out.graph.nodes):
         if layer_view(out, node) is not None:
             w = tensor_arg(out, node, 1)

@@ -77,7 +77,7 @@ def test_training_model_is_captured_in_eval_mode_and_flag_restored():
 
 def test_model_that_does_not_export_names_class_module_and_line():
     with pytest.raises(CaptureError) as info:
-        qcompiler.capture(DoesNotExport(), torch.randn(1, 3, 4, 4))
+        qcompiler.capture(DoesNotExport().eval(), torch.randn(1, 3, 4, 4))
     msg = str(info.value)
     assert "could not capture DoesNotExport" in msg
     assert "inner (Inner)" in msg

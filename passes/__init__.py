@@ -1,5 +1,7 @@
 """Built-in passes. Importing this package registers them with the PassManager."""
 from .fold_bn import FoldBn, bn_stats
 from .equalize import Equalize
+from .insert_quantizers import InsertQuantizers, NodeOverride, UnsupportedOpError
+from .calibrate import Calibrate
 
-__all__ = ["FoldBn", "Equalize", "bn_stats"]
+__all__ = ["FoldBn", "Equalize", "InsertQuantizers", "Calibrate", "NodeOverride", "UnsupportedOpError", "bn_stats"]

@@ -9,12 +9,15 @@ from .errors import CaptureError, GraphError, PassError, PassOrderError, QCompil
 from .pass_manager import (Pass, PassContext, PassManager, PassReport, PassResult, get_pass, order_passes,
                            register_pass, run_passes)
 from .verify import count_ops, verify_graph
+from .scheme import QuantScheme, QuantSpec, SchemeError, activation_spec, host_scheme, weight_spec
+from .quantize import QuantizedModel, quantize
 
 FLOAT_PASSES = ["fold_bn", "equalize"]
 
 __all__ = [
     "capture", "Pass", "PassContext", "PassManager", "PassReport", "PassResult", "register_pass", "run_passes",
     "get_pass", "order_passes", "verify_graph", "count_ops", "FLOAT_PASSES",
+    "quantize", "QuantizedModel", "QuantScheme", "QuantSpec", "SchemeError", "host_scheme", "weight_spec", "activation_spec",
     "QCompilerError", "CaptureError", "PassError", "PassOrderError", "GraphError",
 ]
 

@@ -228,5 +228,5 @@ def getitem_users(node: fx.Node) -> dict[int, fx.Node]:
 
 def node_label(node: fx.Node) -> str:
     """'name (op)' for error messages and reports."""
-    target = getattr(node.target, "__name__", str(node.target))
+    target = str(node.target) if isinstance(node.target, torch._ops.OpOverload) else getattr(node.target, "__name__", str(node.target))
     return f"'{node.name}' ({target})"

@@ -8,8 +8,8 @@ import torch
 
 def sqnr_db(reference: torch.Tensor, actual: torch.Tensor) -> float:
     """Signal-to-quantization-noise ratio in dB: 10·log10(Σ ref² / Σ (ref − actual)²)."""
-    ref = reference.double()
-    noise = float(((ref - actual.double()) ** 2).sum())
+    ref = reference.detach().double()
+    noise = float(((ref - actual.detach().double()) ** 2).sum())
     signal = float((ref**2).sum())
     if noise == 0.0:
         return math.inf

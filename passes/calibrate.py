@@ -1,0 +1,114 @@
+"""calibrate: run calibration data through the observed graph, set every activation's range,
+and turn the observers into quantize→dequantize pairs (the simulation)."""
+from __future__ import annotations
+
+from typing import Any, Iterable, Optional
+
+import torch
+import torch.fx as fx
+
+from qcompiler.graph import node_label
+from qcompiler.observers import ActivationObserver, CalibrationError
+from qcompiler.pass_manager import Pass, PassContext, PassResult, register_pass
+from qcompiler.scheme import QuantSpec
+
+qd = torch.ops.quantized_decomposed
+
+
+def user_inputs(gm: fx.GraphModule) -> list[fx.Node]:
+    return [n for n in gm.graph.nodes if n.op == "placeholder"]
+
+
+def batch_inputs(batch: Any, n_inputs: int, index: int) -> tuple:
+    """The model inputs in one calibration batch: a tensor, or the first ``n_inputs``
+    elements of a tuple/list (so a DataLoader's (images, labels) works as is)."""
+    if isinstance(batch, torch.Tensor):
+        return (batch,)
+    if isinstance(batch, (tuple, list)) and len(batch) >= n_inputs and all(isinstance(t, torch.Tensor) for t in batch[:n_inputs]):
+        return tuple(batch[:n_inputs])
+    raise CalibrationError(
+        f"calibration batch {index} is a {type(batch).__name__}; give tensors, or tuples/lists whose first "
+        f"{n_inputs} element(s) are the model's inputs (a DataLoader of (inputs, labels) works)"
+    )
+
+
+def observers(gm: fx.GraphModule) -> dict[str, ActivationObserver]:
+    return {name: m for name, m in gm.named_children() if isinstance(m, ActivationObserver)}
+
+
+def run_calibration(gm: fx.GraphModule, data: Iterable, progress: Optional[bool] = None) -> int:
+    """Run every batch of ``data`` through ``gm`` (observers record); returns the batch count."""
+    from tqdm.auto import tqdm
+
+    n_inputs = len(user_inputs(gm))
+    total = len(data) if hasattr(data, "__len__") else None
+    batches = 0
+    with torch.no_grad():
+        for i, batch in enumerate(tqdm(data, total=total, desc="calibrating", unit="batch", disable=None if progress is None else not progress)):
+            gm(*batch_inputs(batch, n_inputs, i))
+            batches += 1
+    if batches == 0:
+        raise CalibrationError(f"the calibration data ({type(data).__name__}) yielded no batches; give at least one batch of inputs")
+    return batches
+
+
+@register_pass(after=["insert_quantizers"])
+class Calibrate(Pass):
+    """Run the calibration data through the graph's observers, then replace each observer by
+    ``quantize_per_tensor`` → ``dequantize_per_tensor`` with the parameters it chose (values
+    re-quantized with another point's parameters reuse them). After this pass the graph is
+    the simulation. Calibration data: this pass's ``data``, else ``ctx.state['calibration']``.
+    """
+
+    preserves = "nothing"
+
+    def __init__(self, data: Optional[Iterable] = None, progress: Optional[bool] = None):
+        self.data = data
+        self.progress = progress
+
+    def requires(self, gm: fx.GraphModule, ctx: PassContext) -> None:
+        if not observers(gm):
+            raise CalibrationError("calibrate: the graph has no observers; run insert_quantizers first")
+
+    def run(self, gm: fx.GraphModule, ctx: PassContext) -> PassResult:
+        data = self.data if self.data is not None else ctx.state.get("calibration")
+        if data is None:
+            raise CalibrationError("calibrate needs calibration data: quantize(..., calibration=loader) or Calibrate(data)")
+        batches = run_calibration(gm, data, self.progress)
+        qparams = convert_observers(gm)
+        return PassResult(gm, True, f"{batches} batch(es); {len(qparams)} activations quantized")
+
+
+def convert_observers(gm: fx.GraphModule) -> dict[str, tuple[float, int, QuantSpec]]:
+    """Replace observer/shared-quantizer call_module nodes by Q→DQ pairs. Returns
+    {quantized value's node name: (scale, zero point, spec)}, also kept in gm.meta['qc_qparams']."""
+    mods = dict(gm.named_children())
+    by_module: dict[str, tuple[float, int, QuantSpec]] = {}
+    for name, m in mods.items():
+        if isinstance(m, ActivationObserver):
+            if not m.observed:
+                raise CalibrationError(f"calibration: node '{m.node_name}' saw no data (is it on a path the inputs reach?)")
+            by_module[name] = (*m.qparams(), m.spec)
+    result = {}
+    for node in list(gm.graph.nodes):
+        if node.op != "call_module" or not node.target.startswith("qc_obs_"):
+            continue
+        m = mods[node.target]
+        params = by_module[node.target] if isinstance(m, ActivationObserver) else by_module[m.source]
+        by_module[node.target] = params
+        scale, zp, spec = params
+        value = node.args[0]
+        with gm.graph.inserting_after(node):
+            q = gm.graph.call_function(qd.quantize_per_tensor.default, (value, scale, zp, spec.qmin, spec.qmax, spec.dtype))
+        with gm.graph.inserting_after(q):
+            dq = gm.graph.call_function(qd.dequantize_per_tensor.default, (q, scale, zp, spec.qmin, spec.qmax, spec.dtype))
+        dq.meta["val"] = node.meta.get("val")
+        q.meta["qc_spec"] = spec
+        node.replace_all_uses_with(dq)
+        gm.graph.erase_node(node)
+        result[value.name] = params
+    for name in by_module:
+        if hasattr(gm, name):
+            delattr(gm, name)
+    gm.meta["qc_qparams"] = result
+    return result

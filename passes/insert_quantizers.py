@@ -1,0 +1,299 @@
+"""insert_quantizers: place observers for every activation the integer program will hold,
+and quantize conv/linear weights, per a QuantScheme and per-node overrides.
+
+The observers become quantize→dequantize pairs (PyTorch's ``quantized_decomposed`` ops, the
+PT2E representation) when the ``calibrate`` pass has set their ranges.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Optional, Union
+
+import torch
+import torch.fx as fx
+
+from qcompiler.errors import QCompilerError, did_you_mean
+from qcompiler.graph import aten, get_tensor, is_constant, layer_view, node_label, single_user
+from qcompiler.observers import ActivationObserver, weight_qparams
+from qcompiler.pass_manager import Pass, PassContext, PassResult, register_pass
+from qcompiler.quant_ops import (ACTIVATION, ARG_CHECKS, OWN, PASSTHROUGH, SHARED, WEIGHTED, op_kind, op_name)
+from qcompiler.scheme import QuantScheme, QuantSpec, host_scheme
+import qcompiler.quant_ops  # noqa: F401,E402
+
+qd = torch.ops.quantized_decomposed
+
+
+class UnsupportedOpError(QCompilerError):
+    """Ops with no integer form that the scheme does not let fall back to float."""
+
+
+@dataclass(frozen=True)
+class NodeOverride:
+    """Per-node (or per-op-type) choices: keep in float, or other weight/activation specs."""
+
+    float: bool = False
+    weights: Optional[QuantSpec] = None
+    activations: Optional[QuantSpec] = None
+
+
+OverrideValue = Union[str, dict, NodeOverride]
+
+
+def _parse_override(key: str, value: OverrideValue) -> NodeOverride:
+    if isinstance(value, NodeOverride):
+        return value
+    if value == "float":
+        return NodeOverride(float=True)
+    if isinstance(value, dict):
+        unknown = set(value) - {"float", "weights", "activations"}
+        if unknown:
+            raise QCompilerError(f"override for '{key}': unknown keys {sorted(unknown)}; use 'float', 'weights', 'activations'")
+        return NodeOverride(**value)
+    raise QCompilerError(f"override for '{key}' must be 'float', a dict or a NodeOverride, got {value!r}")
+
+
+class SharedQuantizer(torch.nn.Module):
+    """Identity in the graph: marks a value re-quantized with the parameters of ``source``."""
+
+    def __init__(self, source: str):
+        super().__init__()
+        self.source = source
+
+    def forward(self, x):
+        return x
+
+    def extra_repr(self) -> str:
+        return f"source={self.source}"
+
+
+def is_float_tensor(node: Any) -> bool:
+    val = node.meta.get("val") if isinstance(node, fx.Node) else None
+    return isinstance(val, torch.Tensor) and val.is_floating_point()
+
+
+@register_pass(after=["fold_bn", "equalize"])
+class InsertQuantizers(Pass):
+    """Place an observer after every value the integer program quantizes, and replace
+    each conv/linear weight by its integer values behind a dequantize.
+
+    Where observers go: graph inputs; after conv/linear (after the relu/relu6/clamp chain that
+    follows it when ``scheme.fuse_activations``, depthwise included); after add, mul, cat,
+    matmul and table-driven unary ops; after ops kept in float. Average pools, means and
+    standalone clamps are re-quantized with their input's parameters; layout ops, max pooling
+    and zero padding need no quantizer (integer values pass through unchanged).
+
+    Preserves nothing by itself (``calibrate`` turns observers into quantizers); until then
+    the graph computes the float function with quantized weights.
+    """
+
+    preserves = "nothing"
+
+    def __init__(self, scheme: Optional[QuantScheme] = None, overrides: Optional[dict] = None, method: str = "minmax",
+                 weight_method: Optional[str] = None):
+        self.scheme = scheme or host_scheme()
+        self.raw_overrides = dict(overrides or {})
+        self.method = method
+        self.weight_method = weight_method
+
+    # -- overrides -------------------------------------------------------------------
+    def _resolve_overrides(self, gm: fx.GraphModule) -> dict[fx.Node, NodeOverride]:
+        by_name = {n.name: n for n in gm.graph.nodes}
+        ops = {op_name(n.target): n for n in gm.graph.nodes if n.op == "call_function"}
+        short = {name.split(".")[1] if name.startswith("aten.") else name: name for name in ops}
+        resolved: dict[fx.Node, NodeOverride] = {}
+        problems = []
+        for key, value in self.raw_overrides.items():
+            override = _parse_override(key, value)
+            if key in by_name:
+                resolved[by_name[key]] = override
+            elif key in ops or key in short:
+                full = key if key in ops else short[key]
+                for n in gm.graph.nodes:
+                    if n.op == "call_function" and op_name(n.target) == full:
+                        resolved.setdefault(n, override)
+            else:
+                problems.append(f"'{key}'{did_you_mean(key, list(by_name) + list(ops) + list(short))}")
+        if problems:
+            raise QCompilerError(
+                "overrides name nodes or ops that are not in the graph: " + ", ".join(problems)
+                + ". Keys are node names (as qm.analyze() prints them) or op names such as 'aten.hardswish.default' or 'hardswish'."
+            )
+        return resolved
+
+    # -- classification ------------------------------------------------------------------
+    def _kind(self, node: fx.Node, overrides: dict) -> Optional[str]:
+        """The node's quantization kind, 'float' if it runs in float, None if not a float op."""
+        if node.op != "call_function" or not (is_float_tensor(node) or node.target in (aten.max_pool2d_with_indices.default,)):
+            return None
+        if node in overrides and overrides[node].float:
+            return "float"
+        kind = op_kind(node.target)
+        if kind is not None and ARG_CHECKS.get(node.target, lambda n: "")(node):
+            kind = None
+        if kind is None and op_name(node.target) in self.scheme.fallback_ops:
+            return "float"
+        return kind
+
+    def requires(self, gm: fx.GraphModule, ctx: PassContext) -> None:
+        overrides = self._resolve_overrides(gm)
+        unsupported = []
+        for node in gm.graph.nodes:
+            if node.op != "call_function" or not is_float_tensor(node):
+                continue
+            if self._kind(node, overrides) is None:
+                why = ARG_CHECKS.get(node.target, lambda n: "")(node)
+                unsupported.append(f"{node_label(node)}" + (f": {why}" if why else ""))
+        if unsupported:
+            allowed = sorted(self.scheme.fallback_ops) or "none"
+            raise UnsupportedOpError(
+                f"{len(unsupported)} op(s) have no integer form and the scheme does not let them fall back to float:\n  - "
+                + "\n  - ".join(unsupported)
+                + f"\nThe scheme's float fallback ops: {allowed}.\nTo keep them in float (where the target allows it): "
+                "QuantScheme(fallback_ops=frozenset({'<op name>'})), or overrides={'<node name>': 'float'}."
+            )
+
+    # -- the rewrite -----------------------------------------------------------------------
+    def run(self, gm: fx.GraphModule, ctx: PassContext) -> PassResult:
+        overrides = self._resolve_overrides(gm)
+        kinds = {n: self._kind(n, overrides) for n in gm.graph.nodes}
+        points: dict[fx.Node, Any] = {}  # node -> QuantSpec (own) or fx.Node (shared with that point)
+        source: dict[fx.Node, fx.Node] = {}  # value -> the quantization point whose parameters it carries
+
+        def act_spec(*nodes: fx.Node) -> QuantSpec:
+            """The activation spec of the value ``nodes`` produce (a fused chain: any override on it)."""
+            for node in nodes:
+                o = overrides.get(node)
+                if o is not None and o.activations is not None:
+                    return o.activations
+            return self.scheme.activations
+
+        def fused_end(node: fx.Node) -> fx.Node:
+            if not self.scheme.fuse_activations:
+                return node
+            end = node
+            while True:
+                user = single_user(end)
+                if user is None or kinds.get(user) != ACTIVATION or user.args[0] is not end:
+                    return end
+                end = user
+
+        fused_into: dict[fx.Node, fx.Node] = {}
+        chain_of: dict[fx.Node, list[fx.Node]] = {}
+        for node in gm.graph.nodes:
+            kind = kinds.get(node)
+            if node.op == "placeholder" and is_float_tensor(node):
+                points[node] = act_spec(node)
+                source[node] = node
+            elif node in fused_into:
+                if node is fused_into[node]:
+                    points[node] = act_spec(*reversed(chain_of[node]))
+                    source[node] = node
+            elif kind in (WEIGHTED, OWN, "float"):
+                end = fused_end(node) if kind in (WEIGHTED,) or node.target in (aten.add.Tensor, aten.sub.Tensor) else node
+                chain_of[end] = _chain(node, end)
+                for n in chain_of[end]:
+                    fused_into[n] = end
+                if end is node:
+                    points[node] = act_spec(node)
+                    source[node] = node
+            elif kind in (SHARED, ACTIVATION):
+                src = source.get(node.args[0]) if isinstance(node.args[0], fx.Node) else None
+                if src is None:  # input not quantized (e.g. a float constant): own parameters
+                    points[node] = act_spec(node)
+                    source[node] = node
+                else:
+                    points[node] = src
+                    source[node] = node
+            elif kind == PASSTHROUGH:
+                src = source.get(node.args[0]) if node.args and isinstance(node.args[0], fx.Node) else None
+                if src is not None:
+                    source[node] = src
+
+        observers = self._insert_observers(gm, points)
+        weights = self._quantize_weights(gm, kinds, overrides)
+        gm.meta["qc_scheme"] = self.scheme
+        gm.meta["qc_overrides"] = {n.name: o for n, o in overrides.items()}
+        return PassResult(gm, True, f"{observers} activation quantizers, {weights} weights quantized ({self.scheme.describe()})")
+
+    def _insert_observers(self, gm: fx.GraphModule, points: dict) -> int:
+        module_of: dict[fx.Node, str] = {}
+        count = 0
+        for node, spec in points.items():
+            name = f"qc_obs_{node.name}"
+            if isinstance(spec, QuantSpec):
+                module = ActivationObserver(spec, self.method, node.name)
+                count += 1
+            else:
+                module = SharedQuantizer(module_of[spec])
+            gm.add_submodule(name, module)
+            module_of[node] = name
+            users = [u for u in node.users if not (u.op == "call_module" and u.target == "_guards_fn")]
+            anchor = node
+            if node.op == "placeholder":  # observers go after the last placeholder
+                anchor = [n for n in gm.graph.nodes if n.op == "placeholder"][-1]
+            with gm.graph.inserting_after(anchor):
+                obs = gm.graph.call_module(name, (node,))
+            obs.meta["val"] = node.meta.get("val")
+            for user in users:
+                user.replace_input_with(node, obs)
+        return count
+
+    def _quantize_weights(self, gm: fx.GraphModule, kinds: dict, overrides: dict) -> int:
+        count = 0
+        for node in list(gm.graph.nodes):
+            if kinds.get(node) != WEIGHTED:
+                continue
+            view = layer_view(gm, node)
+            if view is None:
+                raise QCompilerError(f"{node_label(node)}: conv/linear weights must be constants to be quantized")
+            o = overrides.get(node)
+            spec = o.weights if o is not None and o.weights is not None else self.scheme.weights
+            w = get_tensor(gm, view.weight_node).detach()
+            method = self.weight_method or ("minmax" if spec.bits >= 8 else "mse")
+            scales, zps = weight_qparams(w, spec, method)
+            q = quantize_weight(w, scales, zps, spec)
+            _replace_weight(gm, node, q, scales, zps, spec, w)
+            count += 1
+        return count
+
+
+def _chain(start: fx.Node, end: fx.Node) -> list[fx.Node]:
+    chain, node = [start], start
+    while node is not end:
+        node = single_user(node)
+        chain.append(node)
+    return chain
+
+
+def quantize_weight(w: torch.Tensor, scales: torch.Tensor, zps: torch.Tensor, spec: QuantSpec) -> torch.Tensor:
+    """Integer weights, rounded to nearest (half to even) along ``spec.axis``."""
+    shape = [1] * w.dim()
+    if scales.numel() > 1:
+        shape[spec.axis] = -1
+    s = scales.reshape(shape).to(w.dtype)
+    z = zps.reshape(shape).to(w.dtype)
+    return torch.clamp(torch.round(w * (1.0 / s)) + z, spec.qmin, spec.qmax).to(spec.dtype)
+
+
+def _replace_weight(gm: fx.GraphModule, node: fx.Node, q: torch.Tensor, scales: torch.Tensor, zps: torch.Tensor,
+                    spec: QuantSpec, float_weight: torch.Tensor) -> None:
+    from qcompiler.graph import add_constant
+
+    q_node = add_constant(gm, f"{node.name}_weight_int", q, before=node)
+    with gm.graph.inserting_before(node):
+        if spec.granularity == "tensor":
+            dq = gm.graph.call_function(qd.dequantize_per_tensor.default,
+                                        (q_node, float(scales[0]), int(zps[0]), spec.qmin, spec.qmax, spec.dtype))
+        else:
+            s_node = add_constant(gm, f"{node.name}_weight_scale", scales, before=node)
+            z_node = add_constant(gm, f"{node.name}_weight_zp", zps, before=node)
+            with gm.graph.inserting_before(node):
+                dq = gm.graph.call_function(qd.dequantize_per_channel.default,
+                                            (q_node, s_node, z_node, spec.axis, spec.qmin, spec.qmax, spec.dtype))
+    dq.meta["val"] = float_weight
+    old = node.args[1]
+    node.replace_input_with(old, dq)
+    if not old.users:
+        gm.graph.erase_node(old)
+    node.meta["qc_float_weight"] = float_weight
+    node.meta["qc_weight_spec"] = spec

@@ -1,0 +1,179 @@
+"""Observers: see activations during calibration and choose their quantization range.
+
+    minmax      the observed min and max
+    mse         the clipping range that minimises the mean squared quantization error
+                (grid search over a sample of the observed values; both ends searched)
+    percentile  the p-th and (100−p)-th percentiles of a sample of the observed values
+
+The range always includes 0 (so that zero, and zero padding, are exact), and a constant or
+all-zero activation gets a valid scale. NaN/Inf in an activation is an error naming the node.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+import torch.nn as nn
+
+from .errors import QCompilerError
+from .scheme import QuantSpec
+
+METHODS = ("minmax", "mse", "percentile")
+_SAMPLE_PER_BATCH = 1 << 16
+_SAMPLE_CAP = 1 << 20
+MIN_SCALE = 2.0**-100  # a normal float32 whose reciprocal is finite in float32
+
+
+class CalibrationError(QCompilerError):
+    """Calibration data that cannot calibrate: empty, non-finite, or of the wrong form."""
+
+
+def qparams_from_range(lo: float, hi: float, spec: QuantSpec) -> tuple[float, int]:
+    """(scale, zero point) for the range [lo, hi] (widened to include 0). Symmetric specs
+    use max(|lo|, |hi|) and z = 0. A zero-width range gets scale 1 (every value is 0)."""
+    lo, hi = min(float(lo), 0.0), max(float(hi), 0.0)  # zero must be representable
+    if spec.symmetric:
+        amax = max(-lo, hi)
+        scale = amax / ((spec.qmax - spec.qmin) / 2) if amax > 0 else 1.0
+        return float(max(scale, MIN_SCALE)), 0
+    if hi - lo <= 0:
+        return 1.0, int(spec.qmin) if lo >= 0 else int(spec.qmax)
+    scale = max((hi - lo) / (spec.qmax - spec.qmin), MIN_SCALE)
+    zero_point = int(round(spec.qmin - lo / scale))
+    return float(scale), max(spec.qmin, min(spec.qmax, zero_point))
+
+
+def fake_quantize(x: torch.Tensor, scale, zero_point, spec: QuantSpec) -> torch.Tensor:
+    """x̂ = s·(clamp(round(x·(1/s)) + z, qmin, qmax) − z), the same arithmetic as
+    quantized_decomposed.quantize/dequantize (round half to even)."""
+    inv = 1.0 / scale
+    return (torch.clamp(torch.round(x * inv) + zero_point, spec.qmin, spec.qmax) - zero_point) * scale
+
+
+def mse_range(sample: torch.Tensor, lo: float, hi: float, spec: QuantSpec, steps: int = 50,
+              weights: Optional[torch.Tensor] = None) -> tuple[float, float]:
+    """The clipping range with the least squared quantization error on ``sample`` (each
+    element counted ``weights`` times, if given). Candidates shrink the observed [lo, hi] by
+    factors on a geometric grid from 1 down to 1/1000: first both ends together, then each
+    end alone with the other fixed."""
+    lo, hi = min(lo, 0.0), max(hi, 0.0)
+    if hi - lo <= 0:
+        return lo, hi
+    x = sample.float()
+    grid = torch.logspace(-3, 0, steps, dtype=torch.float64).tolist()
+
+    def error(c_lo: float, c_hi: float) -> float:
+        s, z = qparams_from_range(c_lo, c_hi, spec)
+        sq = (fake_quantize(x, s, z, spec) - x) ** 2
+        return float((sq * weights).sum() if weights is not None else sq.sum())
+
+    if spec.symmetric:
+        amax = max(-lo, hi)
+        best = min(((error(-a * amax, a * amax), -a * amax, a * amax) for a in grid), key=lambda t: t[0])
+        return best[1], best[2]
+    best = min(((error(a * lo, a * hi), a * lo, a * hi) for a in grid), key=lambda t: t[0])
+    if lo < 0:
+        best = min([best] + [(error(a * lo, best[2]), a * lo, best[2]) for a in grid], key=lambda t: t[0])
+    if hi > 0:
+        best = min([best] + [(error(best[1], a * hi), best[1], a * hi) for a in grid], key=lambda t: t[0])
+    return best[1], best[2]
+
+
+class ActivationObserver(nn.Module):
+    """Identity in the graph; records the min, max and a bounded random sample of what
+    passes through, then turns them into (scale, zero point) by ``method``."""
+
+    def __init__(self, spec: QuantSpec, method: str = "minmax", node_name: str = "", percentile: float = 99.99):
+        super().__init__()
+        if method not in METHODS:
+            raise CalibrationError(f"unknown calibration method {method!r}; use one of {METHODS}")
+        self.spec = spec
+        self.method = method
+        self.node_name = node_name
+        self.percentile = percentile
+        self.min: Optional[float] = None
+        self.max: Optional[float] = None
+        self.batches = 0
+        self.samples: list[torch.Tensor] = []  # a random subsample of each batch, plus its min and max
+        self.weights: list[torch.Tensor] = []  # how many observed values each sampled value stands for
+        self.enabled = True
+        self._gen = torch.Generator().manual_seed(0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.enabled and x.is_floating_point():
+            self.observe(x.detach())
+        return x
+
+    def observe(self, x: torch.Tensor) -> None:
+        if x.numel() == 0:
+            return
+        if not torch.isfinite(x).all():
+            bad = "NaN" if torch.isnan(x).any() else "Inf"
+            raise CalibrationError(
+                f"calibration: {bad} in the output of node '{self.node_name}' (batch {self.batches}); "
+                "check the calibration data and the float model on it (a quantization range needs finite values)"
+            )
+        lo, hi = float(x.min()), float(x.max())
+        self.min = lo if self.min is None else min(self.min, lo)
+        self.max = hi if self.max is None else max(self.max, hi)
+        self.batches += 1
+        if self.method != "minmax":
+            flat = x.reshape(-1).float()
+            weight = torch.ones(flat.numel())
+            if flat.numel() > _SAMPLE_PER_BATCH:  # extremes count once; the rest stand for the unsampled values
+                rest = flat[torch.randint(flat.numel(), (_SAMPLE_PER_BATCH,), generator=self._gen)]
+                flat = torch.cat([flat.min().reshape(1), flat.max().reshape(1), rest])
+                weight = torch.cat([torch.ones(2), torch.full((rest.numel(),), (x.numel() - 2) / rest.numel())])
+            self.samples.append(flat.clone())
+            self.weights.append(weight)
+            if sum(s.numel() for s in self.samples) > _SAMPLE_CAP:
+                pool, w = torch.cat(self.samples), torch.cat(self.weights)
+                keep = torch.randperm(pool.numel(), generator=self._gen)[: _SAMPLE_CAP // 2]
+                keep = torch.unique(torch.cat([keep, pool.argmin().reshape(1), pool.argmax().reshape(1)]))
+                scale = w.sum() / w[keep].sum()
+                self.samples, self.weights = [pool[keep]], [w[keep] * scale]
+
+    @property
+    def observed(self) -> bool:
+        return self.min is not None
+
+    def range(self) -> tuple[float, float]:
+        if not self.observed:
+            raise CalibrationError(f"calibration: node '{self.node_name}' saw no data")
+        if self.method == "minmax" or not self.samples:
+            return self.min, self.max
+        sample = torch.cat(self.samples)
+        if self.method == "percentile":
+            q = torch.tensor([(100 - self.percentile) / 100, self.percentile / 100])
+            lo, hi = torch.quantile(sample.double(), q.double()).tolist()
+            return min(lo, self.max), max(hi, self.min)
+        return mse_range(sample, self.min, self.max, self.spec, weights=torch.cat(self.weights))
+
+    def qparams(self) -> tuple[float, int]:
+        return qparams_from_range(*self.range(), self.spec)
+
+    def extra_repr(self) -> str:
+        rng = f"[{self.min:.4g}, {self.max:.4g}]" if self.observed else "unobserved"
+        return f"{self.spec.describe()}, method={self.method}, seen={rng}"
+
+
+def weight_qparams(w: torch.Tensor, spec: QuantSpec, method: str = "minmax") -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-tensor or per-channel (along ``spec.axis``) symmetric scales for a weight, by
+    min/max or by the MSE-optimal clipping of each channel. Returns (scales, zero points)
+    as 1-d tensors (length 1 for per-tensor)."""
+    if spec.granularity == "tensor":
+        rows = w.reshape(1, -1)
+    elif spec.granularity == "channel":
+        rows = w.transpose(0, spec.axis).reshape(w.shape[spec.axis], -1)
+    else:
+        raise QCompilerError(f"weight granularity {spec.granularity!r} is not supported for this layer yet")
+    scales, zps = [], []
+    for row in rows:
+        lo, hi = float(row.min()), float(row.max())
+        if method == "mse":
+            lo, hi = mse_range(row, lo, hi, spec, steps=50)
+        s, z = qparams_from_range(lo, hi, spec)
+        scales.append(s)
+        zps.append(z)
+    return torch.tensor(scales, dtype=torch.float32), torch.tensor(zps, dtype=torch.int64)

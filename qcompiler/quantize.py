@@ -1,0 +1,86 @@
+"""``quantize``: float passes + quantizer insertion + calibration (+ PTQ passes), giving a
+QuantizedModel whose ``simulate`` runs the quantized graph in torch."""
+from __future__ import annotations
+
+from typing import Any, Iterable, Optional, Sequence
+
+import torch
+import torch.fx as fx
+
+from .capture import capture
+from .errors import QCompilerError
+from .graph import clone_graph
+from .pass_manager import PassContext, PassLike, PassManager, PassReport
+from .scheme import QuantScheme, host_scheme
+
+DEFAULT_FLOAT_PASSES = ("fold_bn",)
+
+
+class QuantizedModel:
+    """The result of ``quantize``.
+
+    float_graph: the captured graph after the float passes (the float reference).
+    graph:       the quantized graph (Q/DQ between float ops): the simulation.
+    simulate(x): run the simulation.
+    report:      the pass report.
+    scheme:      the QuantScheme used; qparams: {value node: (scale, zero point, spec)}.
+    """
+
+    def __init__(self, float_graph: fx.GraphModule, graph: fx.GraphModule, scheme: QuantScheme, report: PassReport,
+                 example_inputs: tuple):
+        self.float_graph = float_graph
+        self.graph = graph
+        self.scheme = scheme
+        self.report = report
+        self.example_inputs = example_inputs
+
+    @property
+    def qparams(self) -> dict:
+        return self.graph.meta.get("qc_qparams", {})
+
+    def simulate(self, *inputs: Any) -> Any:
+        """Run the simulation (fake-quantized float ops) on ``inputs``."""
+        with torch.no_grad():
+            return self.graph(*inputs)
+
+    def float(self, *inputs: Any) -> Any:
+        """Run the float reference (after the float passes)."""
+        with torch.no_grad():
+            return self.float_graph(*inputs)
+
+    def __repr__(self) -> str:
+        return f"QuantizedModel({self.scheme.describe()}, {len(self.qparams)} quantized activations)"
+
+
+def make_scheme(bits: int, activation_bits: int, scheme: Optional[QuantScheme]) -> QuantScheme:
+    return (scheme or host_scheme()).with_bits(weight_bits=bits, activation_bits=activation_bits)
+
+
+def quantize(model: torch.nn.Module, example_inputs: Any, bits: int = 8, activation_bits: int = 8,
+             calibration: Optional[Iterable] = None, method: str = "minmax",
+             passes: Sequence[PassLike] = DEFAULT_FLOAT_PASSES, ptq: Sequence[PassLike] = (),
+             scheme: Optional[QuantScheme] = None, overrides: Optional[dict] = None,
+             progress: Optional[bool] = None, verify: bool = False) -> QuantizedModel:
+    """Quantize ``model``: capture, float ``passes`` (default fold_bn; add "equalize" for CLE),
+    insert quantizers per the scheme (``bits``-bit weights, ``activation_bits``-bit
+    activations, or a full ``scheme``), calibrate on ``calibration`` (a DataLoader or any
+    iterable of batches; default: the example inputs) with ``method`` (minmax, mse,
+    percentile), then the PTQ passes in ``ptq`` (e.g. "bias_correction", "adaround").
+    ``overrides`` maps node names or op names to "float" or {"weights"/"activations": QuantSpec};
+    a key that is both a node name and an op's short name (a node called "hardtanh") means
+    the node; write the full op name ("aten.hardtanh.default") to mean every such op.
+    """
+    from .passes import Calibrate, InsertQuantizers  # noqa: F401  (registers them)
+
+    q_scheme = make_scheme(bits, activation_bits, scheme)
+    gm = model if isinstance(model, fx.GraphModule) else capture(model, example_inputs)
+    inputs = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
+    if calibration is None:
+        calibration = [inputs]
+    float_result = PassManager(list(passes), verify=verify).run(gm, inputs)
+    float_graph = clone_graph(float_result.gm)
+    ctx = PassContext(example_inputs=inputs, state={"calibration": calibration, "float_graph": float_graph})
+    quant_passes = [InsertQuantizers(q_scheme, overrides, method), Calibrate(progress=progress), *ptq]
+    result = PassManager(quant_passes).run(float_result.gm, inputs, ctx)
+    report = PassReport(float_result.report.records + result.report.records)
+    return QuantizedModel(float_graph, result.gm, q_scheme, report, inputs)

@@ -1,0 +1,152 @@
+import pytest
+import torch
+import torch.nn as nn
+from torch.utils.data import DataLoader, TensorDataset
+
+import qcompiler
+from qcompiler import activation_spec, host_scheme
+from qcompiler.metrics import sqnr_db
+from qcompiler.observers import CalibrationError
+from qcompiler.passes import UnsupportedOpError
+
+Q = "quantized_decomposed.quantize_per_tensor.default"
+
+
+def mobile_block():
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU6(),
+        nn.Conv2d(8, 8, 3, groups=8), nn.BatchNorm2d(8), nn.ReLU6(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4),
+    ).eval()
+    for m in model:
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.data.normal_()
+            m.running_var.data.uniform_(0.5, 2)
+    return model, torch.randn(8, 3, 12, 12)
+
+
+def test_quantizers_sit_after_fused_activations_including_depthwise():
+    model, x = mobile_block()
+    qm = qcompiler.quantize(model, x, calibration=[x])
+    ops = qcompiler.count_ops(qm.graph)
+    # input, conv+relu6, depthwise+relu6, pool (shared), linear: five quantizers
+    assert ops[Q] == 5
+    for node in qm.graph.graph.nodes:
+        if str(node.target) == "aten.hardtanh.default":
+            assert str(node.args[0].target) == "aten.convolution.default"
+            assert [str(u.target) for u in node.users] == [Q], "one quantizer after the activation, none before"
+
+
+def test_simulation_is_close_to_float_at_8_bits_and_worse_at_4():
+    model, x = mobile_block()
+    with torch.no_grad():
+        ref = model(x)
+    w8 = sqnr_db(ref, qcompiler.quantize(model, x, calibration=[x]).simulate(x))
+    w4 = sqnr_db(ref, qcompiler.quantize(model, x, bits=4, calibration=[x]).simulate(x))
+    assert w8 > 30 and w4 < w8
+
+
+def test_shared_quantizer_reuses_its_input_parameters():
+    model, x = mobile_block()
+    qm = qcompiler.quantize(model, x, calibration=[x])
+    qs = [n for n in qm.graph.graph.nodes if str(n.target) == Q]
+    pool_q = next(n for n in qs if str(n.args[0].target) == "aten.mean.dim")
+    dw_q = next(n for n in qs if n.args[0].name == "hardtanh_1")
+    assert pool_q.args[1:] == dw_q.args[1:]
+
+
+def test_dataloader_of_images_and_labels_calibrates():
+    model, x = mobile_block()
+    loader = DataLoader(TensorDataset(x, torch.zeros(len(x))), batch_size=3)
+    qm = qcompiler.quantize(model, x[:1], calibration=loader, progress=False)
+    assert "3 batch(es)" in qm.report["calibrate"].summary
+
+
+def test_empty_calibration_loader_is_an_error():
+    model, x = mobile_block()
+    with pytest.raises(qcompiler.PassError, match="yielded no batches"):
+        qcompiler.quantize(model, x, calibration=[])
+
+
+def test_nan_in_calibration_data_names_the_node():
+    model, x = mobile_block()
+    bad = x.clone()
+    bad[0, 0, 0, 0] = float("nan")
+    with pytest.raises(qcompiler.PassError, match=r"NaN in the output of node '\w+'") as info:
+        qcompiler.quantize(model, x, calibration=[x, bad])
+    assert isinstance(info.value.__cause__, CalibrationError)
+
+
+def test_calibration_batch_of_the_wrong_form_is_an_error():
+    model, x = mobile_block()
+    with pytest.raises(qcompiler.PassError, match="calibration batch 0 is a dict"):
+        qcompiler.quantize(model, x, calibration=[{"x": x}])
+
+
+class TwoOddOps(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 1)
+
+    def forward(self, x):
+        y = torch.cumsum(self.conv(x), dim=1)
+        return torch.softmax(y, dim=1)
+
+
+def test_unsupported_ops_are_listed_all_at_once_with_the_fix():
+    x = torch.randn(2, 3, 4, 4)
+    with pytest.raises(qcompiler.PassError) as info:
+        qcompiler.quantize(TwoOddOps().eval(), x)
+    msg = str(info.value)
+    assert isinstance(info.value.__cause__, UnsupportedOpError)
+    assert "2 op(s) have no integer form" in msg
+    assert "'cumsum' (aten.cumsum.default)" in msg and "(aten._softmax.default)" in msg
+    assert "fallback_ops" in msg and "overrides=" in msg
+
+
+def test_fallback_ops_run_in_float_between_dq_and_q():
+    x = torch.randn(2, 3, 4, 4)
+    scheme = host_scheme()
+    scheme = type(scheme)(fallback_ops=frozenset({"aten.cumsum.default", "aten._softmax.default"}))
+    model = TwoOddOps().eval()
+    qm = qcompiler.quantize(model, x, scheme=scheme)
+    for node in qm.graph.graph.nodes:
+        if str(node.target) in ("aten.cumsum.default", "aten._softmax.default"):
+            assert "dequantize" in str(node.args[0].target)
+            assert [str(u.target) for u in node.users] == [Q]
+    with torch.no_grad():
+        assert sqnr_db(model(x), qm.simulate(x)) > 25
+
+
+def test_overrides_by_node_name_and_op_type():
+    model, x = mobile_block()
+    qm = qcompiler.quantize(model, x, overrides={"linear": "float", "aten.hardtanh.default": {"activations": activation_spec(16)}})
+    lin = next(n for n in qm.graph.graph.nodes if n.name == "linear")
+    assert "dequantize_per_channel" not in str(lin.args[1].target)  # float weights
+    for node in qm.graph.graph.nodes:
+        if str(node.target) == Q and str(node.args[0].target) == "aten.hardtanh.default":
+            assert node.args[-1] == torch.int16
+    with pytest.raises(qcompiler.PassError, match=r"'lineer' \(did you mean 'linear'\?\)"):
+        qcompiler.quantize(model, x, overrides={"lineer": "float"})
+
+
+def test_constant_zero_activation_is_handled():
+    class Zeros(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 1)
+            nn.init.zeros_(self.conv.weight)
+            nn.init.zeros_(self.conv.bias)
+            self.fc = nn.Linear(4, 2)
+
+        def forward(self, x):
+            return self.fc(torch.relu(self.conv(x)).mean((2, 3)))
+
+    model = Zeros().eval()
+    x = torch.randn(2, 3, 5, 5)
+    qm = qcompiler.quantize(model, x)
+    out = qm.simulate(x)
+    assert torch.isfinite(out).all()
+    with torch.no_grad():
+        torch.testing.assert_close(out, model(x), atol=qm.qparams["linear"][0], rtol=0)

@@ -111,4 +111,46 @@ def convert_observers(gm: fx.GraphModule) -> dict[str, tuple[float, int, QuantSp
         if hasattr(gm, name):
             delattr(gm, name)
     gm.meta["qc_qparams"] = result
+    quantize_biases(gm)
     return result
+
+
+def quantize_biases(gm: fx.GraphModule) -> int:
+    """Give every conv/linear whose input and weight are quantized an int32 bias with scale
+    s_x·s_w (per output channel), as ``dequantize_per_channel(bias_int32, s_x·s_w, 0)``: the
+    simulation then adds exactly the bias the integer program adds. Returns how many."""
+    from qcompiler.fixed_point import quantize_bias
+    from qcompiler.graph import add_constant, get_tensor, layer_view
+
+    count = 0
+    for node in list(gm.graph.nodes):
+        view = layer_view(gm, node) if node.op == "call_function" else None
+        x = node.args[0] if node.args else None
+        w = node.args[1] if len(node.args) > 1 else None
+        if not (isinstance(x, fx.Node) and x.target == qd.dequantize_per_tensor.default and isinstance(w, fx.Node)
+                and w.target in (qd.dequantize_per_channel.default, qd.dequantize_per_tensor.default)):
+            continue
+        if view is None and node.target not in (torch.ops.aten.convolution.default, torch.ops.aten.linear.default):
+            continue
+        channels = get_tensor(gm, w.args[0]).shape[0]
+        w_scales = (get_tensor(gm, w.args[1]).double() if w.target == qd.dequantize_per_channel.default
+                    else torch.full((channels,), float(w.args[1]), dtype=torch.float64))
+        bias_node = node.args[2] if len(node.args) > 2 else None
+        if bias_node is None:
+            continue
+        b = get_tensor(gm, bias_node).double()
+        scales = float(x.args[1]) * w_scales
+        b_int = torch.from_numpy(quantize_bias(b.numpy(), float(x.args[1]), w_scales.numpy())).to(torch.int32)
+        q_node = add_constant(gm, f"{node.name}_bias_int", b_int, before=node)
+        s_node = add_constant(gm, f"{node.name}_bias_scale", scales, before=node)
+        z_node = add_constant(gm, f"{node.name}_bias_zp", torch.zeros(channels, dtype=torch.int64), before=node)
+        with gm.graph.inserting_before(node):
+            dq = gm.graph.call_function(qd.dequantize_per_channel.default,
+                                        (q_node, s_node, z_node, 0, -(2**31), 2**31 - 1, torch.int32))
+        dq.meta["val"] = bias_node.meta.get("val")
+        node.meta["qc_float_bias"] = b.float()
+        node.replace_input_with(bias_node, dq)
+        if not bias_node.users:
+            gm.graph.erase_node(bias_node)
+        count += 1
+    return count

@@ -42,6 +42,7 @@ OP_KINDS: dict = {
     aten.add.Tensor: OWN,
     aten.sub.Tensor: OWN,
     aten.mul.Tensor: OWN,
+    aten.div.Tensor: OWN,
     aten.cat.default: OWN,
     aten.mm.default: OWN,
     aten.bmm.default: OWN,
@@ -79,7 +80,12 @@ def _pad_check(node) -> str:
     return "" if value == 0 else f"constant_pad_nd with value {value} (only zero padding is exact)"
 
 
-ARG_CHECKS = {aten.constant_pad_nd.default: _pad_check}
+def _div_check(node) -> str:
+    divisor = node.args[1]
+    return "" if isinstance(divisor, (int, float)) and divisor != 0 else "division by a tensor (only by a non-zero number has an integer form)"
+
+
+ARG_CHECKS = {aten.constant_pad_nd.default: _pad_check, aten.div.Tensor: _div_check}
 
 
 def op_name(target) -> str:

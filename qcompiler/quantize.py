@@ -22,6 +22,7 @@ class QuantizedModel:
     float_graph: the captured graph after the float passes (the float reference).
     graph:       the quantized graph (Q/DQ between float ops): the simulation.
     simulate(x): run the simulation.
+    program:     the integer program; interpret(x): run it exactly (numpy).
     report:      the pass report.
     scheme:      the QuantScheme used; qparams: {value node: (scale, zero point, spec)}.
     """
@@ -33,6 +34,29 @@ class QuantizedModel:
         self.scheme = scheme
         self.report = report
         self.example_inputs = example_inputs
+        self._program: Optional[fx.GraphModule] = None
+
+    @property
+    def program(self) -> fx.GraphModule:
+        """The integer program (qcompiler's integer ops, every parameter explicit)."""
+        if self._program is None:
+            from .integer import to_integer_program
+
+            self._program = to_integer_program(self.graph)
+        return self._program
+
+    def interpret(self, *inputs: Any) -> Any:
+        """Run the integer program exactly (numpy; the reference every target must equal)."""
+        from .interpreter import interpret
+
+        return interpret(self.program, *inputs)
+
+    def compare_ops(self, *inputs: Any):
+        """Per integer op: how many output elements differ from the simulation by one step
+        (each op fed the simulation's own inputs). See qcompiler.agreement."""
+        from .agreement import compare_ops
+
+        return compare_ops(self.graph, self.program, inputs)
 
     @property
     def qparams(self) -> dict:

@@ -72,6 +72,43 @@ class Concat(nn.Module):
         return torch.cat([self.a(x), self.b(x)], dim=1)
 
 
+class Gate(nn.Module):
+    """x · sigmoid(conv1x1(x)): squeeze-excitation style gating (mul + a table op)."""
+
+    def __init__(self, conv: nn.Module):
+        super().__init__()
+        self.conv = conv
+
+    def forward(self, x):
+        return x * torch.sigmoid(self.conv(x))
+
+
+class Difference(nn.Module):
+    def __init__(self, body: nn.Module):
+        super().__init__()
+        self.body = body
+
+    def forward(self, x):
+        return x - self.body(x)
+
+
+class ZeroPad(nn.Module):
+    def __init__(self, pad: tuple):
+        super().__init__()
+        self.pad = pad
+
+    def forward(self, x):
+        return torch.nn.functional.pad(x, self.pad)
+
+
+class ChannelGram(nn.Module):
+    """[N, C, H, W] → [N, 1, C, C]: channel-by-channel products (a matmul of activations)."""
+
+    def forward(self, x):
+        a = x.flatten(2)
+        return torch.matmul(a, a.transpose(1, 2)).unsqueeze(1) / a.shape[-1]
+
+
 class Flatten(nn.Module):
     def forward(self, x):
         return torch.flatten(x, 1)
@@ -172,12 +209,30 @@ def float_models(draw, max_blocks: int = 5, activations: Sequence[str] = ACTIVAT
         return nn.Sequential(*mods), s["c_out"], _out_size(h_, s), _out_size(w_, s), "+".join(desc)
 
     for _ in range(draw(st.integers(1, max_blocks))):
-        choice = draw(st.sampled_from(["conv", "conv", "separable", "residual", "concat", "pool"]))
+        choice = draw(st.sampled_from(["conv", "conv", "separable", "residual", "concat", "pool", "gate", "difference", "pad", "gram"]))
         if choice == "pool" and min(h, w) >= 2:
             kind = draw(st.sampled_from(["avg", "max"]))
             layers.append(nn.AvgPool2d(2) if kind == "avg" else nn.MaxPool2d(2))
             h, w = h // 2, w // 2
             spec.append(f"{kind}pool2")
+        elif choice == "gate":
+            conv = nn.Conv2d(c, c, 1)
+            _init_conv(conv, gen, False, 1.0)
+            layers.append(Gate(conv))
+            spec.append("gate(x*sigmoid(conv1x1))")
+        elif choice == "difference":
+            body, _, _, _, desc = conv_bn_act(c, h, w, same_shape=True)
+            layers.append(Difference(body))
+            spec.append(f"difference(x - {desc})")
+        elif choice == "pad":
+            pad = tuple(draw(st.integers(0, 2)) for _ in range(4))
+            layers.append(ZeroPad(pad))
+            h, w = h + pad[2] + pad[3], w + pad[0] + pad[1]
+            spec.append(f"pad{pad}")
+        elif choice == "gram" and c >= 2 and h * w <= 64:
+            layers.append(ChannelGram())
+            c, h, w = 1, c, c
+            spec.append("gram(matmul)")
         elif choice == "residual":
             body, _, _, _, desc = conv_bn_act(c, h, w, same_shape=True)
             layers.append(Residual(body))

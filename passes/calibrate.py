@@ -32,6 +32,23 @@ def batch_inputs(batch: Any, n_inputs: int, index: int) -> tuple:
     )
 
 
+def calibration_batches(gm: fx.GraphModule, ctx: PassContext, max_batches: Optional[int] = None) -> list[tuple]:
+    """The calibration data of this run (``ctx.state['calibration']``) as a list of input
+    tuples, at most ``max_batches`` of them."""
+    data = ctx.state.get("calibration")
+    if data is None:
+        raise CalibrationError("this pass needs calibration data: qcompiler.quantize(..., calibration=loader)")
+    n_inputs = len(user_inputs(gm))
+    batches = []
+    for i, batch in enumerate(data):
+        if max_batches is not None and i >= max_batches:
+            break
+        batches.append(batch_inputs(batch, n_inputs, i))
+    if not batches:
+        raise CalibrationError("the calibration data yielded no batches")
+    return batches
+
+
 def observers(gm: fx.GraphModule) -> dict[str, ActivationObserver]:
     return {name: m for name, m in gm.named_children() if isinstance(m, ActivationObserver)}
 
@@ -120,23 +137,16 @@ def quantize_biases(gm: fx.GraphModule) -> int:
     s_x·s_w (per output channel), as ``dequantize_per_channel(bias_int32, s_x·s_w, 0)``: the
     simulation then adds exactly the bias the integer program adds. Returns how many."""
     from qcompiler.fixed_point import quantize_bias
-    from qcompiler.graph import add_constant, get_tensor, layer_view
+    from qcompiler.graph import add_constant, get_tensor
+    from qcompiler.layers import quant_layers
 
     count = 0
-    for node in list(gm.graph.nodes):
-        view = layer_view(gm, node) if node.op == "call_function" else None
-        x = node.args[0] if node.args else None
-        w = node.args[1] if len(node.args) > 1 else None
-        if not (isinstance(x, fx.Node) and x.target == qd.dequantize_per_tensor.default and isinstance(w, fx.Node)
-                and w.target in (qd.dequantize_per_channel.default, qd.dequantize_per_tensor.default)):
-            continue
-        if view is None and node.target not in (torch.ops.aten.convolution.default, torch.ops.aten.linear.default):
-            continue
+    for layer in list(quant_layers(gm)):
+        node, x, w = layer.node, layer.input_dq, layer.weight_dq
         channels = get_tensor(gm, w.args[0]).shape[0]
-        w_scales = (get_tensor(gm, w.args[1]).double() if w.target == qd.dequantize_per_channel.default
-                    else torch.full((channels,), float(w.args[1]), dtype=torch.float64))
+        w_scales = layer.weight_scales(gm)
         bias_node = node.args[2] if len(node.args) > 2 else None
-        if bias_node is None:
+        if bias_node is None or layer.bias_dq is not None or bias_node.op != "get_attr":
             continue
         b = get_tensor(gm, bias_node).double()
         scales = float(x.args[1]) * w_scales

@@ -1,7 +1,9 @@
 """Capture: ``torch.export`` a model (in eval mode) into an fx GraphModule of core ATen ops.
 
 ``aten.linear`` is kept whole (as PT2E does) rather than decomposed into permute+addmm, so
-that a linear layer's weight stays recognisable to the passes; everything else is core ATen.
+that a linear layer's weight stays recognisable to the passes, and so are the unary
+activations core ATen would split (hardswish, hardsigmoid, silu, mish, softplus), so that each
+stays one op; everything else is core ATen.
 Parameters and buffers are copied: no pass can write into the user's model.
 """
 from __future__ import annotations
@@ -22,9 +24,18 @@ from .errors import CaptureError
 _TORCH_DIR = os.path.dirname(torch.__file__)
 
 
+aten = torch.ops.aten
+
+# Kept whole instead of decomposed: a linear layer's weight stays recognisable, and each unary
+# activation stays one op (one 256-entry table in the integer program, not 3–5 quantized ops).
+KEEP_WHOLE = (aten.linear.default, aten.hardswish.default, aten.hardsigmoid.default, aten.silu.default,
+              aten.mish.default, aten.softplus.default)
+
+
 def _decomposition_table() -> dict:
     table = torch.export.default_decompositions()
-    table.pop(torch.ops.aten.linear.default, None)
+    for op in KEEP_WHOLE:
+        table.pop(op, None)
     return table
 
 

@@ -23,6 +23,7 @@ METHODS = ("minmax", "mse", "percentile")
 _SAMPLE_PER_BATCH = 1 << 16
 _SAMPLE_CAP = 1 << 20
 MIN_SCALE = 2.0**-100  # a normal float32 whose reciprocal is finite in float32
+ZERO_RANGE_SCALE = 2.0**-8  # any scale represents an all-zero tensor; a fine one keeps int32 biases (s_x·s_w) fine
 
 
 class CalibrationError(QCompilerError):
@@ -31,14 +32,14 @@ class CalibrationError(QCompilerError):
 
 def qparams_from_range(lo: float, hi: float, spec: QuantSpec) -> tuple[float, int]:
     """(scale, zero point) for the range [lo, hi] (widened to include 0). Symmetric specs
-    use max(|lo|, |hi|) and z = 0. A zero-width range gets scale 1 (every value is 0)."""
+    use max(|lo|, |hi|) and z = 0. A zero-width range (every value 0) gets scale 2^-8."""
     lo, hi = min(float(lo), 0.0), max(float(hi), 0.0)  # zero must be representable
     if spec.symmetric:
         amax = max(-lo, hi)
-        scale = amax / ((spec.qmax - spec.qmin) / 2) if amax > 0 else 1.0
+        scale = amax / ((spec.qmax - spec.qmin) / 2) if amax > 0 else ZERO_RANGE_SCALE
         return float(max(scale, MIN_SCALE)), 0
     if hi - lo <= 0:
-        return 1.0, int(spec.qmin) if lo >= 0 else int(spec.qmax)
+        return ZERO_RANGE_SCALE, int(spec.qmin) if lo >= 0 else int(spec.qmax)
     scale = max((hi - lo) / (spec.qmax - spec.qmin), MIN_SCALE)
     zero_point = int(round(spec.qmin - lo / scale))
     return float(scale), max(spec.qmin, min(spec.qmax, zero_point))

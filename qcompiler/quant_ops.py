@@ -26,7 +26,7 @@ PASSTHROUGH = "passthrough"
 LUT_OPS = {
     aten.sigmoid.default, aten.hardswish.default, aten.hardsigmoid.default, aten.gelu.default, aten.tanh.default,
     aten.exp.default, aten.silu.default, aten.leaky_relu.default, aten.elu.default, aten.erf.default,
-    aten.softplus.default, aten.log.default, aten.sqrt.default, aten.rsqrt.default, aten.neg.default, aten.abs.default,
+    aten.softplus.default, aten.mish.default, aten.log.default, aten.sqrt.default, aten.rsqrt.default, aten.neg.default, aten.abs.default,
 }
 
 OP_KINDS: dict = {

@@ -51,6 +51,17 @@ class QuantizedModel:
 
         return interpret(self.program, *inputs)
 
+    def analyze(self, data: Iterable, max_batches: int = 8):
+        """Per quantized value: SQNR of its output when only it is quantized and when
+        everything up to it is, worst first (qcompiler.analysis). ``data``: batches as for
+        calibration. The node names it prints are the keys ``overrides`` takes."""
+        from .analysis import analyze
+        from .passes.calibrate import batch_inputs
+
+        n_inputs = len(self.example_inputs)
+        batches = [batch_inputs(b, n_inputs, i) for i, b in zip(range(max_batches), data)]
+        return analyze(self.graph, self.float_graph, batches)
+
     def compare_ops(self, *inputs: Any):
         """Per integer op: how many output elements differ from the simulation by one step
         (each op fed the simulation's own inputs). See qcompiler.agreement."""

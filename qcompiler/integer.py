@@ -75,6 +75,10 @@ class _Converter:
             self.graph._codegen = copy.deepcopy(sim.graph._codegen)  # same input/output structure as the model
 
     # -- helpers ---------------------------------------------------------------------------
+    def tensor(self, node_or_target) -> torch.Tensor:
+        """A constant of the simulation (detached: PT2E graphs keep biases as Parameters)."""
+        return get_tensor(self.sim, node_or_target).detach()
+
     def const(self, value, name: str) -> fx.Node:
         tensor = torch.as_tensor(np.ascontiguousarray(value)) if not isinstance(value, torch.Tensor) else value
         target = f"{name}_{self.n_const}"
@@ -113,7 +117,7 @@ class _Converter:
         if sim_node in self.values:
             return self.values[sim_node]
         if sim_node.op == "get_attr":
-            self.values[sim_node] = self.const(get_tensor(self.sim, sim_node), sim_node.name)
+            self.values[sim_node] = self.const(self.tensor(sim_node), sim_node.name)
             return self.values[sim_node]
         raise ConversionError(f"node {node_label(sim_node)} has no value in the integer program")
 
@@ -129,7 +133,7 @@ class _Converter:
         hi = np.full(channels, np.inf)
         for act in acts:
             if act.target == aten.clamp.Tensor:
-                a = [get_tensor(self.sim, b).double().reshape(-1).numpy() if isinstance(b, fx.Node) else None
+                a = [self.tensor(b).double().reshape(-1).numpy() if isinstance(b, fx.Node) else None
                      for b in (act.args[1] if len(act.args) > 1 else None, act.args[2] if len(act.args) > 2 else None)]
             else:
                 a = list(_CLAMP_BOUNDS[act.target](act))
@@ -240,7 +244,16 @@ class _Converter:
             return self.lut(base, out, q)
         if kind == SHARED:
             return self.pool(base, out, q)
+        if kind == PASSTHROUGH and base in self.ints:  # e.g. PT2E quantizes a flatten's output again
+            return self.requantize_value(self.ints[base], out, q)
         return self.fallback(base, out, q)
+
+    def requantize_value(self, x: IntValue, out: dict, q: fx.Node) -> fx.Node:
+        """A value quantized again: the same integers if the parameters match, else a rescale."""
+        if (x.scale, x.zp, x.qmin, x.qmax, x.dtype) == (out["scale"], out["zp"], out["qmin"], out["qmax"], out["dtype"]):
+            return x.node
+        m, s = quantize_multiplier(x.scale / out["scale"])
+        return self.call(qc.requantize.default, (x.node, x.zp, m, s, out["zp"], out["qmin"], out["qmax"], out["dtype"]), q, self.current_name)
 
     # -- lowerings -------------------------------------------------------------------------
     def weighted(self, op: fx.Node, acts: list[fx.Node], out: dict, q: fx.Node) -> fx.Node:
@@ -248,9 +261,9 @@ class _Converter:
         wdq = op.args[1]
         if not (isinstance(wdq, fx.Node) and wdq.target in WEIGHT_DQ_OPS):
             raise ConversionError(f"{node_label(op)}: its weight is not quantized (kept in float by an override?)")
-        w = get_tensor(self.sim, wdq.args[0]).to(torch.int64)
+        w = self.tensor(wdq.args[0]).to(torch.int64)
         if wdq.target == qd.dequantize_per_channel.default:
-            w_scales = get_tensor(self.sim, wdq.args[1]).double().numpy()
+            w_scales = self.tensor(wdq.args[1]).double().numpy()
             if int(wdq.args[3]) != 0:
                 raise ConversionError(f"{node_label(op)}: weights must be quantized per output channel (axis 0)")
         else:
@@ -258,9 +271,9 @@ class _Converter:
         channels = w.shape[0]
         bias = op.args[2] if len(op.args) > 2 else None
         if isinstance(bias, fx.Node) and bias.target == qd.dequantize_per_channel.default:  # the int32 bias of the simulation
-            b_q = get_tensor(self.sim, bias.args[0]).to(torch.int64).numpy()
+            b_q = self.tensor(bias.args[0]).to(torch.int64).numpy()
         else:  # a float bias (e.g. a PT2E graph): quantized here with scale s_x·s_w
-            b = get_tensor(self.sim, bias).double().numpy() if isinstance(bias, fx.Node) else np.zeros(channels)
+            b = self.tensor(bias).double().numpy() if isinstance(bias, fx.Node) else np.zeros(channels)
             b_q = quantize_bias(b, x.scale, w_scales)
         mult, shift = quantize_multipliers(x.scale * w_scales / out["scale"])
         lo, hi = self.bounds(acts, out, channels)
@@ -287,7 +300,7 @@ class _Converter:
         if isinstance(arg, fx.Node) and arg in self.ints:
             return self.ints[arg]
         if isinstance(arg, fx.Node) and arg.op == "get_attr":
-            value = get_tensor(self.sim, arg).double().numpy()
+            value = self.tensor(arg).double().numpy()
         elif isinstance(arg, (int, float)):
             value = np.array(float(arg))
         else:
@@ -329,7 +342,7 @@ class _Converter:
             iv, const = (a, op.args[1]) if a is not None else (b, op.args[0])
             if iv is None:
                 raise ConversionError(f"{node_label(op)}: neither operand is quantized")
-            value = get_tensor(self.sim, const).double().numpy() if isinstance(const, fx.Node) else np.array(float(const))
+            value = self.tensor(const).double().numpy() if isinstance(const, fx.Node) else np.array(float(const))
             c_scale = float(np.abs(value).max()) / 127 or 1.0
             cq = np.rint(value / c_scale).astype(np.int64)
             other = IntValue(self.const(cq, f"{op.name}_const"), c_scale, 0, -127, 127, torch.int64)
@@ -368,7 +381,7 @@ class _Converter:
 
     def pool(self, op: fx.Node, out: dict, q: fx.Node) -> fx.Node:
         x = self.int_of(op.args[0], op)
-        shape = op.args[0].meta.get("val").shape if isinstance(op.args[0].meta.get("val"), torch.Tensor) else None
+        shape = _shape(op.args[0])
         if op.target == aten.mean.dim or (op.target in (aten._adaptive_avg_pool2d.default, aten.adaptive_avg_pool2d.default) and list(op.args[1]) == [1, 1]):
             dims = list(op.args[1]) if op.target == aten.mean.dim else [-2, -1]
             keepdim = bool(op.args[2]) if op.target == aten.mean.dim and len(op.args) > 2 else op.target != aten.mean.dim
@@ -399,6 +412,20 @@ class _Converter:
         f = self.graph.call_function(op.target, args, kwargs)
         f.meta["qc_float_fallback"] = True
         return self.call(qc.quantize.default, (f, out["scale"], out["zp"], out["qmin"], out["qmax"], out["dtype"]), q, f"{op.name}_quantize")
+
+
+def _shape(node: fx.Node):
+    """A value's shape from its metadata; for a dequantize without any (PT2E inserts them
+    so), the shape of the value its quantize took."""
+    while isinstance(node, fx.Node):
+        val = node.meta.get("val")
+        if isinstance(val, torch.Tensor):
+            return val.shape
+        if node.target in DQ_OPS or node.target in Q_OPS:
+            node = node.args[0]
+        else:
+            return None
+    return None
 
 
 def _pair(v) -> list[int]:

@@ -119,3 +119,16 @@ def quantize(model: torch.nn.Module, example_inputs: Any, bits: int = 8, activat
     result = PassManager(quant_passes).run(float_result.gm, inputs, ctx)
     report = PassReport(float_result.report.records + result.report.records)
     return QuantizedModel(float_graph, result.gm, q_scheme, report, inputs)
+
+
+def from_pt2e(graph: fx.GraphModule, example_inputs: Any, float_graph: Optional[fx.GraphModule] = None) -> QuantizedModel:
+    """Accept a graph quantized by a PT2E quantizer (``convert_pt2e`` output: Q/DQ from
+    ``quantized_decomposed``, e.g. torchao's XNNPACKQuantizer) as it is: the result has
+    ``simulate`` (the graph itself), ``program`` and ``interpret``. Pass the float graph too
+    for ``analyze``."""
+    inputs = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
+    scheme = QuantScheme()
+    from .verify import verify_graph
+
+    verify_graph(graph)
+    return QuantizedModel(float_graph if float_graph is not None else graph, graph, scheme, PassReport(), inputs)

@@ -46,7 +46,7 @@ def main() -> None:
             loss.backward()
             opt.step()
             sched.step()
-        print(f"epoch {epoch + 1}: loss {float(loss):.3f}, test accuracy {evaluate(model, xt, yt):.4f} ({time.time() - start:.0f} s)", flush=True)
+        print(f"epoch {epoch + 1}: loss {float(loss.detach()):.3f}, test accuracy {evaluate(model, xt, yt):.4f} ({time.time() - start:.0f} s)", flush=True)
     torch.save(model.state_dict(), FASHION_MNIST_WEIGHTS)
     print(f"saved {FASHION_MNIST_WEIGHTS}: test accuracy {evaluate(model, xt, yt):.4f}")
 

@@ -8,7 +8,7 @@ import torch
 import torch.fx as fx
 import torch.nn.functional as F
 
-from qcompiler.activations import record
+from qcompiler.activations import Stepper
 from qcompiler.layers import QuantLayer, apply_activations, quant_layers
 from qcompiler.observers import CalibrationError
 from qcompiler.pass_manager import Pass, PassContext, PassResult, register_pass
@@ -62,22 +62,38 @@ class Adaround(Pass):
         if float_graph is None:
             raise CalibrationError("adaround needs the float graph: run it through qcompiler.quantize(..., ptq=['adaround'])")
         batches = calibration_batches(gm, ctx, self.max_batches)
-        layers = list(quant_layers(gm))
+        everything = tuple(torch.cat(parts) for parts in zip(*batches))
+        layers = {l.name: l for l in quant_layers(gm)}
+        float_names = {n.name for n in float_graph.graph.nodes}
+        missing = sorted(l.output.name for l in layers.values() if l.output.name not in float_names)
+        if missing:
+            raise CalibrationError(f"adaround: {missing} have no counterpart in the float graph")
+        # The simulation and the float graph advance together over all calibration inputs: the
+        # simulation pauses before each layer (its input then reflects the layers already
+        # rounded), the float graph runs on until that layer's output (the target).
+        sim = Stepper(gm)
+        ref = Stepper(float_graph)  # each target is read as soon as it is computed, before it can be freed
+        ref_steps = ref.steps(*everything)
         flipped, total = 0, 0
         gen = torch.Generator().manual_seed(self.seed)
-        float_nodes = {n.name: n for n in float_graph.graph.nodes}
-        for layer in tqdm(layers, desc="adaround", unit="layer", disable=None if self.progress is None else not self.progress):
-            x_name = layer.node.args[0].name  # the layer's own input (after any zero padding)
-            x_q = torch.cat(record(gm, batches, [x_name])[x_name])
-            if layer.output.name not in float_nodes:
-                raise CalibrationError(f"adaround: layer '{layer.name}' has no counterpart '{layer.output.name}' in the float graph")
-            target = torch.cat(record(float_graph, batches, [layer.output.name])[layer.output.name])
-            before = layer.weight_int(gm).to(torch.int64)
-            after = self._optimize(gm, layer, x_q, target, gen)
-            layer.set_weight_int(gm, after)
-            flipped += int((after != before).sum())
-            total += before.numel()
-            del x_q, target
+        bar = tqdm(total=len(layers), desc="adaround", unit="layer", disable=None if self.progress is None else not self.progress)
+        with torch.no_grad():
+            for node in sim.steps(*everything):
+                layer = layers.get(node.name)
+                if layer is None:
+                    continue
+                while layer.output.name not in ref.names:
+                    next(ref_steps)
+                x_q = sim.env[node.args[0]]
+                target = ref.value(layer.output.name)
+                before = layer.weight_int(gm).to(torch.int64)
+                with torch.enable_grad():
+                    after = self._optimize(gm, layer, x_q, target, gen)
+                layer.set_weight_int(gm, after)
+                flipped += int((after != before).sum())
+                total += before.numel()
+                bar.update(1)
+        bar.close()
         return PassResult(gm, True, f"{len(layers)} layers; {flipped} of {total} weights ({flipped / max(total, 1):.1%}) "
                                     f"rounded the other way than nearest")
 

@@ -4,11 +4,38 @@ from __future__ import annotations
 import torch
 import torch.fx as fx
 
-from qcompiler.activations import record
-from qcompiler.layers import quant_layers
+from qcompiler.activations import channel_dim, channel_mean, channel_means
+from qcompiler.layers import QuantLayer, quant_layers
 from qcompiler.observers import CalibrationError
 from qcompiler.pass_manager import Pass, PassContext, PassResult, register_pass
 from qcompiler.passes.calibrate import calibration_batches
+
+
+class _Correcting(fx.Interpreter):
+    """Runs the simulation once over all calibration inputs (one batch); at each layer it
+    corrects the bias from the output it just computed, then hands on the corrected output,
+    so every later layer is corrected against the already-corrected ones before it."""
+
+    def __init__(self, gm: fx.GraphModule, layers: dict[str, QuantLayer], reference: dict[str, torch.Tensor]):
+        super().__init__(gm)
+        self.layers = layers
+        self.reference = reference
+        self.shifts: list[float] = []
+
+    def run_node(self, n):
+        out = super().run_node(n)
+        layer = self.layers.get(n.name)
+        if layer is None:
+            return out
+        cdim = channel_dim(n) % out.dim()
+        delta = self.reference[n.name] - channel_mean(out, cdim)
+        scales = layer.bias_scales(self.module)
+        step = torch.round(delta / scales).to(torch.int64)
+        layer.set_bias_int(self.module, layer.bias_int(self.module).to(torch.int64) + step)
+        self.shifts.append(float(delta.abs().mean()))
+        shape = [1] * out.dim()
+        shape[cdim] = -1
+        return out + (step.double() * scales).reshape(shape).to(out.dtype)
 
 
 @register_pass(after=["calibrate", "adaround"])
@@ -16,7 +43,9 @@ class BiasCorrection(Pass):
     """For each quantized conv/linear in order, add to its int32 bias the mean difference,
     per output channel over the calibration data, between the float model's output of that
     layer (before its activation) and the simulation's (with the layers before it already
-    corrected). Needs the float graph (``ctx.state['float_graph']``, set by ``quantize``).
+    corrected). Two passes over the data in all: the float graph's per-channel means, then
+    one run of the simulation that corrects each layer as it reaches it. Needs the float
+    graph (``ctx.state['float_graph']``, set by ``quantize``).
 
     Preserves nothing exactly: it moves the simulation towards the float model in
     expectation; the integer program follows the new int32 biases.
@@ -32,22 +61,15 @@ class BiasCorrection(Pass):
         if float_graph is None:
             raise CalibrationError("bias_correction needs the float graph: run it through qcompiler.quantize(..., ptq=['bias_correction'])")
         batches = calibration_batches(gm, ctx, self.max_batches)
-        layers = [l for l in quant_layers(gm) if l.bias_dq is not None]
-        reference = record(float_graph, batches, [l.name for l in layers])
-        shifts = []
-        for layer in layers:
-            quantized = record(gm, batches, [layer.name])[layer.name]
-            cdim = 1 if layer.node.target == torch.ops.aten.convolution.default else -1
-            delta = sum(_channel_sum(r - q, cdim) for r, q in zip(reference[layer.name], quantized))
-            count = sum(q.numel() // q.shape[cdim] for q in quantized)
-            delta = delta / count
-            step = torch.round(delta / layer.bias_scales(gm)).to(torch.int64)
-            layer.set_bias_int(gm, layer.bias_int(gm).to(torch.int64) + step)
-            shifts.append(float(delta.abs().mean()))
-        mean_shift = sum(shifts) / max(len(shifts), 1)
+        layers = {l.name: l for l in quant_layers(gm) if l.bias_dq is not None}
+        float_names = {n.name for n in float_graph.graph.nodes}
+        missing = sorted(set(layers) - float_names)
+        if missing:
+            raise CalibrationError(f"bias_correction: layers {missing} have no counterpart in the float graph")
+        reference = channel_means(float_graph, batches, {name: channel_dim(l.node) for name, l in layers.items()})
+        everything = tuple(torch.cat(parts) for parts in zip(*batches))
+        correcting = _Correcting(gm, layers, reference)
+        with torch.no_grad():
+            correcting.run(*everything)
+        mean_shift = sum(correcting.shifts) / max(len(correcting.shifts), 1)
         return PassResult(gm, bool(layers), f"corrected {len(layers)} biases on {len(batches)} batch(es); mean |shift| {mean_shift:.3g}")
-
-
-def _channel_sum(t: torch.Tensor, cdim: int) -> torch.Tensor:
-    cdim = cdim % t.dim()
-    return t.double().transpose(0, cdim).reshape(t.shape[cdim], -1).sum(dim=1)

@@ -62,6 +62,13 @@ class QuantizedModel:
         batches = [batch_inputs(b, n_inputs, i) for i, b in zip(range(max_batches), data)]
         return analyze(self.graph, self.float_graph, batches)
 
+    def trainable(self) -> fx.GraphModule:
+        """A differentiable copy of the simulation (straight-through estimator) whose
+        weights are float parameters: for QAT or other gradient-based tuning."""
+        from .ste import differentiable_simulation
+
+        return differentiable_simulation(self.graph)
+
     def compare_ops(self, *inputs: Any):
         """Per integer op: how many output elements differ from the simulation by one step
         (each op fed the simulation's own inputs). See qcompiler.agreement."""

@@ -150,3 +150,17 @@ def test_constant_zero_activation_is_handled():
     assert torch.isfinite(out).all()
     with torch.no_grad():
         torch.testing.assert_close(out, model(x), atol=qm.qparams["linear"][0], rtol=0)
+
+
+def test_trainable_simulation_passes_gradients_and_matches_the_simulation():
+    model, x = mobile_block()
+    qm = qcompiler.quantize(model, x, calibration=[x])
+    trainable = qm.trainable()
+    params = [p for p in trainable.parameters() if p.requires_grad]
+    assert len(params) == 3  # conv, depthwise conv, linear weights
+    out = trainable(x)
+    assert sqnr_db(qm.simulate(x), out) > 40
+    out.square().sum().backward()
+    for p in params:
+        assert p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0
+    assert qcompiler.count_ops(qm.graph)["quantized_decomposed.quantize_per_tensor.default"] == 5  # the simulation is untouched

@@ -10,9 +10,8 @@ import torch.nn.functional as F
 
 from qcompiler.activations import Stepper
 from qcompiler.layers import QuantLayer, apply_activations, quant_layers
-from qcompiler.observers import CalibrationError
 from qcompiler.pass_manager import Pass, PassContext, PassResult, register_pass
-from qcompiler.passes.calibrate import calibration_batches
+from qcompiler.passes.calibrate import ptq_data
 
 ZETA, GAMMA = 1.1, -0.1  # the rectified sigmoid's stretch
 
@@ -58,16 +57,8 @@ class Adaround(Pass):
     def run(self, gm: fx.GraphModule, ctx: PassContext) -> PassResult:
         from tqdm.auto import tqdm
 
-        float_graph = ctx.state.get("float_graph")
-        if float_graph is None:
-            raise CalibrationError("adaround needs the float graph: run it through qcompiler.quantize(..., ptq=['adaround'])")
-        batches = calibration_batches(gm, ctx, self.max_batches)
-        everything = tuple(torch.cat(parts) for parts in zip(*batches))
         layers = {l.name: l for l in quant_layers(gm)}
-        float_names = {n.name for n in float_graph.graph.nodes}
-        missing = sorted(l.output.name for l in layers.values() if l.output.name not in float_names)
-        if missing:
-            raise CalibrationError(f"adaround: {missing} have no counterpart in the float graph")
+        float_graph, _, everything = ptq_data(gm, ctx, "adaround", self.max_batches, [l.output.name for l in layers.values()])
         # The simulation and the float graph advance together over all calibration inputs: the
         # simulation pauses before each layer (its input then reflects the layers already
         # rounded), the float graph runs on until that layer's output (the target).

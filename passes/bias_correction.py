@@ -6,9 +6,8 @@ import torch.fx as fx
 
 from qcompiler.activations import channel_dim, channel_mean, channel_means
 from qcompiler.layers import QuantLayer, quant_layers
-from qcompiler.observers import CalibrationError
 from qcompiler.pass_manager import Pass, PassContext, PassResult, register_pass
-from qcompiler.passes.calibrate import calibration_batches
+from qcompiler.passes.calibrate import ptq_data
 
 
 class _Correcting(fx.Interpreter):
@@ -57,17 +56,9 @@ class BiasCorrection(Pass):
         self.max_batches = max_batches
 
     def run(self, gm: fx.GraphModule, ctx: PassContext) -> PassResult:
-        float_graph = ctx.state.get("float_graph")
-        if float_graph is None:
-            raise CalibrationError("bias_correction needs the float graph: run it through qcompiler.quantize(..., ptq=['bias_correction'])")
-        batches = calibration_batches(gm, ctx, self.max_batches)
         layers = {l.name: l for l in quant_layers(gm) if l.bias_dq is not None}
-        float_names = {n.name for n in float_graph.graph.nodes}
-        missing = sorted(set(layers) - float_names)
-        if missing:
-            raise CalibrationError(f"bias_correction: layers {missing} have no counterpart in the float graph")
+        float_graph, batches, everything = ptq_data(gm, ctx, "bias_correction", self.max_batches, layers)
         reference = channel_means(float_graph, batches, {name: channel_dim(l.node) for name, l in layers.items()})
-        everything = tuple(torch.cat(parts) for parts in zip(*batches))
         correcting = _Correcting(gm, layers, reference)
         with torch.no_grad():
             correcting.run(*everything)

@@ -49,6 +49,22 @@ def calibration_batches(gm: fx.GraphModule, ctx: PassContext, max_batches: Optio
     return batches
 
 
+def ptq_data(gm: fx.GraphModule, ctx: PassContext, pass_name: str, max_batches: Optional[int],
+             needed: Iterable[str]) -> tuple[fx.GraphModule, list[tuple], tuple]:
+    """What a PTQ pass needs: the float graph (``ctx.state['float_graph']``), the calibration
+    batches, and all of them concatenated into one batch. ``needed`` are node names the
+    float graph must have (the layers the pass compares)."""
+    float_graph = ctx.state.get("float_graph")
+    if float_graph is None:
+        raise CalibrationError(f"{pass_name} needs the float graph: run it through qcompiler.quantize(..., ptq=['{pass_name}'])")
+    names = {n.name for n in float_graph.graph.nodes}
+    missing = sorted(set(needed) - names)
+    if missing:
+        raise CalibrationError(f"{pass_name}: {missing} have no counterpart in the float graph")
+    batches = calibration_batches(gm, ctx, max_batches)
+    return float_graph, batches, tuple(torch.cat(parts) for parts in zip(*batches))
+
+
 def observers(gm: fx.GraphModule) -> dict[str, ActivationObserver]:
     return {name: m for name, m in gm.named_children() if isinstance(m, ActivationObserver)}
 

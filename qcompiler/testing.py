@@ -220,10 +220,6 @@ def float_models(draw, max_blocks: int = 5, activations: Sequence[str] = ACTIVAT
             _init_conv(conv, gen, False, 1.0)
             layers.append(Gate(conv))
             spec.append("gate(x*sigmoid(conv1x1))")
-        elif choice == "difference":
-            body, _, _, _, desc = conv_bn_act(c, h, w, same_shape=True)
-            layers.append(Difference(body))
-            spec.append(f"difference(x - {desc})")
         elif choice == "pad":
             pad = tuple(draw(st.integers(0, 2)) for _ in range(4))
             layers.append(ZeroPad(pad))
@@ -233,10 +229,10 @@ def float_models(draw, max_blocks: int = 5, activations: Sequence[str] = ACTIVAT
             layers.append(ChannelGram())
             c, h, w = 1, c, c
             spec.append("gram(matmul)")
-        elif choice == "residual":
+        elif choice in ("residual", "difference"):  # x + f(x) or x - f(x), f keeping the shape
             body, _, _, _, desc = conv_bn_act(c, h, w, same_shape=True)
-            layers.append(Residual(body))
-            spec.append(f"residual({desc})")
+            layers.append(Residual(body) if choice == "residual" else Difference(body))
+            spec.append(f"{choice}({desc})")
         elif choice == "concat":
             a, ca, ha, wa, da = conv_bn_act(c, h, w, same_shape=True)
             b, cb, _, _, db = conv_bn_act(c, h, w, same_shape=True)

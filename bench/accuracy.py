@@ -69,7 +69,7 @@ def lite0(args) -> None:
         worst = max(r.max_diff for r in rows)
         print(f"| {name} | {top1_accuracy(sim, data.labels) * n:.0f}/{n} | {top1_agreement(ref, sim) * n:.0f}/{n} | {sqnr_db(ref, sim):.2f} "
               f"| {top1_accuracy(integer, data.labels) * n:.0f}/{n} | {top1_agreement(ref, integer) * n:.0f}/{n} | {sqnr_db(ref, integer):.2f} "
-              f"| {off:.2%} (max {worst}) | {seconds:.0f} | {t_int:.1f} |", flush=True)
+              f"| {off:.3%} (max {worst}) | {seconds:.0f} | {t_int:.1f} |", flush=True)
 
 
 def fashion(args) -> None:

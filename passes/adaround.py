@@ -81,6 +81,9 @@ class Adaround(Pass):
                 with torch.enable_grad():
                     after = self._optimize(gm, layer, x_q, target, gen)
                 layer.set_weight_int(gm, after)
+                # the stepper dequantized this layer's weight before pausing here: hand the layer
+                # the new one, so later layers learn from the inputs they will really see
+                sim.env[layer.weight_dq] = layer.dequantized_weight(gm)
                 flipped += int((after != before).sum())
                 total += before.numel()
                 bar.update(1)

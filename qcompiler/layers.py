@@ -68,6 +68,12 @@ class QuantLayer:
     def set_weight_int(self, gm: fx.GraphModule, q: torch.Tensor) -> None:
         set_tensor(gm, self.weight_dq.args[0].target, q.to(self.weight_int(gm).dtype))
 
+    def dequantized_weight(self, gm: fx.GraphModule) -> torch.Tensor:
+        """The weight as the simulation computes it: its dequantize node applied to the
+        current integer weight."""
+        args = [get_tensor(gm, a) if isinstance(a, fx.Node) else a for a in self.weight_dq.args]
+        return self.weight_dq.target(*args)
+
     def bias_int(self, gm: fx.GraphModule) -> Optional[torch.Tensor]:
         return None if self.bias_dq is None else get_tensor(gm, self.bias_dq.args[0])
 

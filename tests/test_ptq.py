@@ -89,3 +89,25 @@ def test_ptq_passes_without_the_float_graph_are_clear_errors():
     with pytest.raises(qcompiler.PassError, match="needs the float graph"):
         qcompiler.PassManager([InsertQuantizers(), Calibrate(data), BiasCorrection()]).run(gm, (data[0],),
                                                                                           qcompiler.PassContext(state={"calibration": data}))
+
+
+def test_adaround_beats_nearest_on_a_deep_chain():
+    """Deep enough that a layer learning from stale inputs (its predecessors' old weights)
+    compounds into a loss: the one-pass AdaRound had exactly that bug."""
+    torch.manual_seed(3)
+    layers = [nn.Conv2d(3, 12, 3, padding=1), nn.BatchNorm2d(12), nn.ReLU6()]
+    for _ in range(9):
+        layers += [nn.Conv2d(12, 12, 3, padding=1), nn.BatchNorm2d(12), nn.ReLU6()]
+    model = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(12, 10)).eval()
+    for m in model:
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_var.data.uniform_(0.5, 2)
+            m.bias.data.uniform_(0, 1)
+    data = [torch.randn(8, 3, 10, 10) for _ in range(4)]
+    x = torch.cat(data)
+    with torch.no_grad():
+        ref = model(x)
+    nearest = qcompiler.quantize(model, data[0], bits=8, calibration=data)
+    ada = qcompiler.quantize(model, data[0], bits=8, calibration=data, ptq=[Adaround(iterations=300, progress=False)])
+    # measured: nearest 43.0 dB, AdaRound 47.1 dB; with stale inputs (the bug) 45.6 dB
+    assert sqnr_db(ref, ada.interpret(x)) > sqnr_db(ref, nearest.interpret(x)) + 3.3

@@ -32,27 +32,14 @@ import torch.fx as fx
 from qcompiler.graph import (LayerView, add_constant, aten, get_tensor, is_call, is_constant, layer_view,
                              output_shape, replace_all_uses, replace_constant_arg, single_user, tensor_arg)
 from qcompiler.pass_manager import Pass, PassContext, PassResult, register_pass
+from qcompiler.quant_ops import CLAMP_BOUNDS, op_arg
 
 # ------------------------------------------------------------------ activations as data
-# Each row: op -> function(node) giving its (lo, hi) clip bounds as scalars (None = unbounded).
-
-_ACTIVATION_BOUNDS = {
-    aten.relu.default: lambda n: (0.0, None),
-    aten.hardtanh.default: lambda n: (_arg(n, 1, "min_val", -1.0), _arg(n, 2, "max_val", 1.0)),
-    aten.clamp.default: lambda n: (_arg(n, 1, "min", None), _arg(n, 2, "max", None)),
-    aten.clamp_min.default: lambda n: (_arg(n, 1, "min", None), None),
-    aten.clamp_max.default: lambda n: (None, _arg(n, 1, "max", None)),
-}
+# Clamp-like activations and their bounds: qcompiler.quant_ops.CLAMP_BOUNDS.
 _SCALE_ONLY_ACTIVATIONS = {aten.leaky_relu.default}  # positively homogeneous, not shift-equivariant
 _IDENTITY_OPS = {aten.clone.default, aten.alias.default, aten.detach.default}
 _RESHAPE_OPS = {aten.view.default, aten.reshape.default, aten._unsafe_view.default}
 _POOL_OPS = {aten.avg_pool2d.default, aten._adaptive_avg_pool2d.default, aten.adaptive_avg_pool2d.default}
-
-
-def _arg(node: fx.Node, index: int, name: str, default):
-    if len(node.args) > index:
-        return node.args[index]
-    return node.kwargs.get(name, default)
 
 
 # ------------------------------------------------------------------ pairs
@@ -80,7 +67,7 @@ def _step(gm: fx.GraphModule, node: fx.Node, rank: int, cdim: int) -> Optional[t
     t = node.target
     if node.op != "call_function":
         return None
-    if t in _ACTIVATION_BOUNDS or t == aten.clamp.Tensor:
+    if t in CLAMP_BOUNDS or t == aten.clamp.Tensor:
         if t == aten.clamp.Tensor and _clamp_tensor_bounds(gm, node, rank, cdim) is None:
             return None
         return "act", rank, cdim, True
@@ -89,13 +76,13 @@ def _step(gm: fx.GraphModule, node: fx.Node, rank: int, cdim: int) -> Optional[t
     if t in _IDENTITY_OPS:
         return "other", rank, cdim, True
     if t == aten.constant_pad_nd.default:
-        pad, value = node.args[1], _arg(node, 2, "value", 0.0)
+        pad, value = node.args[1], op_arg(node, 2, "value", 0.0)
         if value != 0 or rank - len(pad) // 2 <= cdim:
             return None
         return "other", rank, cdim, False  # pad(x - c, 0) != pad(x, 0) - c
     if t == aten.mean.dim:
         dims = [d % rank for d in node.args[1]]
-        keepdim = bool(_arg(node, 2, "keepdim", False))
+        keepdim = bool(op_arg(node, 2, "keepdim", False))
         if cdim in dims or 0 in dims:
             return None
         if keepdim:
@@ -104,7 +91,7 @@ def _step(gm: fx.GraphModule, node: fx.Node, rank: int, cdim: int) -> Optional[t
     if t in _POOL_OPS:
         if cdim != rank - 3:
             return None
-        shift_ok = t != aten.avg_pool2d.default or not any(_arg(node, 3, "padding", [0]) or [0])
+        shift_ok = t != aten.avg_pool2d.default or not any(op_arg(node, 3, "padding", [0]) or [0])
         return "other", rank, cdim, shift_ok
     if t in _RESHAPE_OPS:
         before, after = output_shape(node.args[0]), output_shape(node)
@@ -122,7 +109,7 @@ def _clamp_tensor_bounds(gm: fx.GraphModule, node: fx.Node, rank: int, cdim: int
     broadcasting along ``cdim`` only; None if they are anything else."""
     out = []
     for idx in (1, 2):
-        arg = _arg(node, idx, "min" if idx == 1 else "max", None)
+        arg = op_arg(node, idx, "min" if idx == 1 else "max", None)
         if arg is None:
             out.append(None)
             continue
@@ -262,8 +249,8 @@ class Equalize(Pass):
         for p in pairs:
             for layer in (p.first, p.second):
                 if layer.node not in st.weight:
-                    st.weight[layer.node] = tensor_arg(gm, layer.node, 1).double()
-                    b = tensor_arg(gm, layer.node, 2)
+                    st.weight[layer.node] = tensorop_arg(gm, layer.node, 1).double()
+                    b = tensorop_arg(gm, layer.node, 2)
                     st.bias[layer.node] = torch.zeros(layer.out_channels, dtype=torch.float64) if b is None else b.double()
             stats = p.first.node.meta.get("bn_stats")
             if stats is not None:
@@ -275,7 +262,7 @@ class Equalize(Pass):
                 if op.node.target == aten.clamp.Tensor:
                     lo, hi = _clamp_tensor_bounds(gm, op.node, op.rank, op.cdim)
                 else:
-                    lo, hi = _ACTIVATION_BOUNDS[op.node.target](op.node)
+                    lo, hi = CLAMP_BOUNDS[op.node.target](op.node)
                 st.bounds[op.node] = [None if v is None else torch.as_tensor(v, dtype=torch.float64).expand(channels).clone()
                                       for v in (lo, hi)]
         st.original_bounds = {n: [None if v is None else v.clone() for v in b] for n, b in st.bounds.items()}
@@ -340,16 +327,16 @@ class Equalize(Pass):
     def _write_back(self, gm: fx.GraphModule, pairs: list[_Pair], st: _State) -> int:
         changed = 0
         for node, w in st.weight.items():
-            old_w = tensor_arg(gm, node, 1)
-            old_b = tensor_arg(gm, node, 2)
+            old_w = tensorop_arg(gm, node, 1)
+            old_b = tensorop_arg(gm, node, 2)
             new_w, new_b = w.float(), st.bias[node].float()
             same_b = torch.equal(new_b, old_b) if old_b is not None else not torch.any(new_b != 0)
             if torch.equal(new_w, old_w) and same_b:
                 continue
             changed += 1
-            replace_constant_arg(gm, node, 1, new_w, f"{node.name}_weight_eq")
+            replace_constantop_arg(gm, node, 1, new_w, f"{node.name}_weight_eq")
             if not same_b:
-                replace_constant_arg(gm, node, 2, new_b, f"{node.name}_bias_eq")
+                replace_constantop_arg(gm, node, 2, new_b, f"{node.name}_bias_eq")
         for node, stats in st.stats.items():
             node.meta["bn_stats"] = stats
         by_act = {op.node: op for p in pairs for op in p.path if op.node in st.bounds}

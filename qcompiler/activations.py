@@ -96,14 +96,12 @@ class Stepper(fx.Interpreter):
             self.env[node] = self.run_node(node)
             self.names[node.name] = node
             for dead in self.user_to_last_uses.get(node, []):
-                if dead.name not in self.keep:
-                    del self.env[dead]
+                del self.env[dead]
             if node.op == "output":
                 return
 
-    def __init__(self, gm: fx.GraphModule, keep: Iterable[str] = ()):
+    def __init__(self, gm: fx.GraphModule):
         super().__init__(gm)
-        self.keep = set(keep)
         self.names: dict[str, fx.Node] = {}
 
     def value(self, name: str):

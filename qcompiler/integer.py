@@ -29,22 +29,13 @@ from .errors import QCompilerError
 from .fixed_point import quantize_bias, quantize_multiplier, quantize_multipliers, quantize_values
 from .graph import get_tensor, node_label
 from .integer_ops import qc
-from .quant_ops import ACTIVATION, LUT_OPS, OWN, PASSTHROUGH, SHARED, WEIGHTED, op_kind
+from .quant_ops import ACTIVATION, CLAMP_BOUNDS, LUT_OPS, OWN, PASSTHROUGH, SHARED, WEIGHTED, op_kind
 
 aten = torch.ops.aten
 qd = torch.ops.quantized_decomposed
 Q_OPS = {qd.quantize_per_tensor.default}
 DQ_OPS = {qd.dequantize_per_tensor.default}
 WEIGHT_DQ_OPS = {qd.dequantize_per_channel.default, qd.dequantize_per_tensor.default}
-_CLAMP_BOUNDS = {
-    aten.relu.default: lambda n: (0.0, None),
-    aten.hardtanh.default: lambda n: (n.args[1] if len(n.args) > 1 else -1.0, n.args[2] if len(n.args) > 2 else 1.0),
-    aten.clamp.default: lambda n: (n.args[1] if len(n.args) > 1 else n.kwargs.get("min"), n.args[2] if len(n.args) > 2 else n.kwargs.get("max")),
-    aten.clamp_min.default: lambda n: (n.args[1], None),
-    aten.clamp_max.default: lambda n: (None, n.args[1]),
-}
-
-
 class ConversionError(QCompilerError):
     """The simulation has a pattern with no integer form."""
 
@@ -136,7 +127,7 @@ class _Converter:
                 a = [self.tensor(b).double().reshape(-1).numpy() if isinstance(b, fx.Node) else None
                      for b in (act.args[1] if len(act.args) > 1 else None, act.args[2] if len(act.args) > 2 else None)]
             else:
-                a = list(_CLAMP_BOUNDS[act.target](act))
+                a = list(CLAMP_BOUNDS[act.target](act))
             a_lo = np.full(channels, -np.inf) if a[0] is None else np.broadcast_to(np.asarray(a[0], dtype=np.float64), (channels,))
             a_hi = np.full(channels, np.inf) if a[1] is None else np.broadcast_to(np.asarray(a[1], dtype=np.float64), (channels,))
             lo, hi = np.clip(lo, a_lo, a_hi), np.clip(hi, a_lo, a_hi)

@@ -88,6 +88,23 @@ def _div_check(node) -> str:
 ARG_CHECKS = {aten.constant_pad_nd.default: _pad_check, aten.div.Tensor: _div_check}
 
 
+def op_arg(node, index: int, name: str, default):
+    """Argument ``index`` of a call node, or its keyword ``name``, or ``default``."""
+    if len(node.args) > index:
+        return node.args[index]
+    return node.kwargs.get(name, default)
+
+
+# The clip bounds (lo, hi) of each clamp-like activation, as scalars (None = unbounded).
+CLAMP_BOUNDS = {
+    aten.relu.default: lambda n: (0.0, None),
+    aten.hardtanh.default: lambda n: (op_arg(n, 1, "min_val", -1.0), op_arg(n, 2, "max_val", 1.0)),
+    aten.clamp.default: lambda n: (op_arg(n, 1, "min", None), op_arg(n, 2, "max", None)),
+    aten.clamp_min.default: lambda n: (op_arg(n, 1, "min", None), None),
+    aten.clamp_max.default: lambda n: (None, op_arg(n, 1, "max", None)),
+}
+
+
 def op_name(target) -> str:
     """'aten.convolution.default' for an OpOverload, the function name otherwise."""
     if isinstance(target, torch._ops.OpOverload):

@@ -249,8 +249,8 @@ class Equalize(Pass):
         for p in pairs:
             for layer in (p.first, p.second):
                 if layer.node not in st.weight:
-                    st.weight[layer.node] = tensorop_arg(gm, layer.node, 1).double()
-                    b = tensorop_arg(gm, layer.node, 2)
+                    st.weight[layer.node] = tensor_arg(gm, layer.node, 1).double()
+                    b = tensor_arg(gm, layer.node, 2)
                     st.bias[layer.node] = torch.zeros(layer.out_channels, dtype=torch.float64) if b is None else b.double()
             stats = p.first.node.meta.get("bn_stats")
             if stats is not None:
@@ -327,8 +327,8 @@ class Equalize(Pass):
     def _write_back(self, gm: fx.GraphModule, pairs: list[_Pair], st: _State) -> int:
         changed = 0
         for node, w in st.weight.items():
-            old_w = tensorop_arg(gm, node, 1)
-            old_b = tensorop_arg(gm, node, 2)
+            old_w = tensor_arg(gm, node, 1)
+            old_b = tensor_arg(gm, node, 2)
             new_w, new_b = w.float(), st.bias[node].float()
             same_b = torch.equal(new_b, old_b) if old_b is not None else not torch.any(new_b != 0)
             if torch.equal(new_w, old_w) and same_b:

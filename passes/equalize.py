@@ -334,9 +334,9 @@ class Equalize(Pass):
             if torch.equal(new_w, old_w) and same_b:
                 continue
             changed += 1
-            replace_constantop_arg(gm, node, 1, new_w, f"{node.name}_weight_eq")
+            replace_constant_arg(gm, node, 1, new_w, f"{node.name}_weight_eq")
             if not same_b:
-                replace_constantop_arg(gm, node, 2, new_b, f"{node.name}_bias_eq")
+                replace_constant_arg(gm, node, 2, new_b, f"{node.name}_bias_eq")
         for node, stats in st.stats.items():
             node.meta["bn_stats"] = stats
         by_act = {op.node: op for p in pairs for op in p.path if op.node in st.bounds}

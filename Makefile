@@ -14,7 +14,8 @@ JOBS ?= 2
 
 .PHONY: demo test bench clean-venv
 
-$(STAMP): requirements.txt requirements-nodeps.txt pyproject.toml
+$(STAMP): requirements.txt requirements-nodeps.txt pyproject.toml debian-packages.txt
+	bash scripts/install-debian-packages.sh
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	# torch first, pinned: anything that would upgrade it is installed with --no-deps.
 	$(PIP) install -q "torch==2.13.0"

@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/accuracy.py              # EfficientNet-Lite0 and Fashion-MNIST
     .venv/bin/python bench/accuracy.py --only lite0 --adaround-iterations 500
+    .venv/bin/python bench/accuracy.py --only lite0 --configs W4A8 "mse + AdaRound"
 
 EfficientNet-Lite0: calibrated on flips and crops of the 20 foolbox ImageNet images,
 evaluated on the 20 originals. Fashion-MNIST: the bundled FashionMobileNet, calibrated on
@@ -22,6 +23,13 @@ from qcompiler.passes import Adaround, BiasCorrection
 
 def batches(x: torch.Tensor, size: int) -> list[torch.Tensor]:
     return [x[i:i + size] for i in range(0, len(x), size)]
+
+
+def skipped(args, name: str, config: dict) -> bool:
+    """Whether --skip-adaround or --configs leave this configuration out."""
+    if args.skip_adaround and any(isinstance(p, Adaround) for p in config.get("ptq", [])):
+        return True
+    return args.configs is not None and not any(text in name for text in args.configs)
 
 
 def run_config(model, example, calibration, config: dict):
@@ -57,7 +65,7 @@ def lite0(args) -> None:
           "| int: SQNR (dB) | per-op off by one | quantize (s) | interpret 20 (s) |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for name, config in configs:
-        if args.skip_adaround and any(isinstance(p, Adaround) for p in config.get("ptq", [])):
+        if skipped(args, name, config):
             continue
         qm, seconds = run_config(model, data.images[:1], calibration, dict(config, calibration=calibration))
         sim = qm.simulate(data.images)
@@ -88,7 +96,7 @@ def fashion(args) -> None:
     configs = [("W8A8", dict(bits=8)), ("W8A8 mse", dict(bits=8, method="mse")), ("W4A8 mse", dict(bits=4, method="mse")),
                ("W4A8 mse + AdaRound", dict(bits=4, method="mse", ptq=[Adaround(iterations=args.adaround_iterations, progress=False)]))]
     for name, config in configs:
-        if args.skip_adaround and "ptq" in config:
+        if skipped(args, name, config):
             continue
         qm, seconds = run_config(model, x_test[:1], calibration, dict(config, calibration=calibration))
         sim = torch.cat([qm.simulate(b) for b in batches(x_test, 1000)])
@@ -102,6 +110,8 @@ def main() -> None:
     parser.add_argument("--only", choices=["lite0", "fashion"])
     parser.add_argument("--adaround-iterations", type=int, default=300)
     parser.add_argument("--skip-adaround", action="store_true")
+    parser.add_argument("--configs", nargs="*", default=None, metavar="TEXT",
+                        help="run only the configurations whose name contains one of these texts, e.g. --configs W4A8 AdaRound")
     args = parser.parse_args()
     torch.manual_seed(0)
     if args.only in (None, "lite0"):

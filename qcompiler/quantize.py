@@ -90,6 +90,13 @@ class QuantizedModel:
         with torch.no_grad():
             return self.float_graph(*inputs)
 
+    def compile(self, target: str = "host"):
+        """Build the integer program for ``target`` ("host", ...): a CompiledModel that
+        equals ``interpret`` bit for bit (qcompiler.compiled)."""
+        from .compiled import compile_model
+
+        return compile_model(self, target)
+
     def __repr__(self) -> str:
         return f"QuantizedModel({self.scheme.describe()}, {len(self.qparams)} quantized activations)"
 

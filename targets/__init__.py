@@ -1,1 +1,59 @@
-"""Targets (host, arm_cpu, hexagon): lowering and schedules. Built by later issues."""
+"""Targets: what qcompiler can compile an integer program for. Each is a row of data: a
+name, what it is, its quantization scheme, and the function that lowers, builds and loads a
+program for it (a "module:function" path, imported only when that target is used, so that
+``import qcompiler`` does not load TVM).
+
+    from qcompiler.targets import TARGETS, get_target
+    get_target("host").build(program, example_inputs)   # -> a runtime: run(*arrays) -> [arrays]
+"""
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from qcompiler.errors import QCompilerError, did_you_mean
+from qcompiler.scheme import QuantScheme, host_scheme
+
+
+class TargetError(QCompilerError):
+    """An unknown target, or a target this machine cannot build or run."""
+
+
+@dataclass(frozen=True)
+class TargetInfo:
+    """A compilation target as data.
+
+    name: what users pass as ``target=``.
+    description: one line for reports and errors.
+    scheme: the QuantScheme the target executes (its default for ``qcompile``).
+    builder: "module:function" taking (program, example_inputs) and returning a runtime with
+        ``run(*arrays) -> list[np.ndarray]``, ``input_types`` and ``export_library(path)``.
+    library_suffix: file name suffix of the exported library.
+    """
+
+    name: str
+    description: str
+    scheme: Callable[[], QuantScheme]
+    builder: str
+    library_suffix: str = ".so"
+
+    def build(self, program: Any, example_inputs: Any) -> Any:
+        module, function = self.builder.split(":")
+        return getattr(importlib.import_module(module), function)(program, example_inputs)
+
+
+TARGETS: dict[str, TargetInfo] = {
+    "host": TargetInfo("host", "this machine's CPU (LLVM, x86-64), run in-process through TVM's Relax VM",
+                       host_scheme, "qcompiler.targets.host:compile_host"),
+}
+
+
+def get_target(name: str) -> TargetInfo:
+    """The target called ``name``; a TargetError listing the known ones otherwise."""
+    if isinstance(name, TargetInfo):
+        return name
+    if name not in TARGETS:
+        raise TargetError(f"unknown target {name!r}{did_you_mean(str(name), list(TARGETS))}; "
+                          f"known targets: {', '.join(TARGETS)}")
+    return TARGETS[name]

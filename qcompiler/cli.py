@@ -1,0 +1,119 @@
+"""The ``qcompile`` command: quantize and compile a model from the command line, print the
+report, optionally export.
+
+    qcompile qcompiler.models:efficientnet_lite0 --input-shape 1,3,224,224 \\
+        --calibration qcompiler.models:imagenet_calibration_batches --target host --bits 8 --export out/
+
+MODULE:FACTORY names a function returning an ``nn.Module`` (or a ``(module, example_inputs)``
+pair). ``--calibration`` is MODULE:FUNCTION returning an iterable of batches, or a ``.pt``
+file holding a tensor (split into batches of ``--batch``) or a list of batches.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+import time
+from typing import Any, Optional
+
+import torch
+
+from .errors import QCompilerError
+
+
+def load_object(spec: str, what: str) -> Any:
+    """The object named by "package.module:attribute"; a clear error otherwise."""
+    if ":" not in spec:
+        raise QCompilerError(f"{what} {spec!r}: write it as MODULE:NAME, e.g. qcompiler.models:efficientnet_lite0")
+    module_name, attribute = spec.split(":", 1)
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise QCompilerError(f"{what} {spec!r}: cannot import module {module_name!r} ({exc}); is it on PYTHONPATH?") from exc
+    if not hasattr(module, attribute):
+        public = [n for n in dir(module) if not n.startswith("_")]
+        from .errors import did_you_mean
+
+        raise QCompilerError(f"{what} {spec!r}: module {module_name!r} has no {attribute!r}{did_you_mean(attribute, public)}")
+    return getattr(module, attribute)
+
+
+def _shape(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in text.replace("x", ",").split(","))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"--input-shape {text!r}: write it as 1,3,224,224") from exc
+
+
+def load_calibration(spec: Optional[str], batch: int) -> Optional[Any]:
+    if spec is None:
+        return None
+    if spec.endswith(".pt"):
+        try:
+            data = torch.load(spec, weights_only=True)
+        except (OSError, RuntimeError) as exc:
+            raise QCompilerError(f"--calibration {spec}: cannot read it ({exc})") from exc
+        return [data[i:i + batch] for i in range(0, len(data), batch)] if isinstance(data, torch.Tensor) else data
+    source = load_object(spec, "--calibration")
+    return source() if callable(source) else source
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .targets import TARGETS
+
+    p = argparse.ArgumentParser(prog="qcompile", description="Quantize a PyTorch model and compile its integer program.")
+    p.add_argument("model", help="MODULE:FACTORY returning an nn.Module or (module, example_inputs)")
+    p.add_argument("--input-shape", type=_shape, help="example input shape, e.g. 1,3,224,224 (if the factory gives no example)")
+    p.add_argument("--target", default="host", choices=sorted(TARGETS))
+    p.add_argument("--bits", type=int, default=8, help="weight bits (2-8)")
+    p.add_argument("--activation-bits", type=int, default=8, choices=[8, 16])
+    p.add_argument("--method", default="minmax", choices=["minmax", "mse", "percentile"], help="activation range calibration")
+    p.add_argument("--calibration", help="MODULE:FUNCTION returning batches, or a .pt file")
+    p.add_argument("--batch", type=int, default=16, help="batch size when --calibration is one tensor")
+    p.add_argument("--ptq", nargs="*", default=[], help="PTQ passes to run, e.g. bias_correction adaround")
+    p.add_argument("--export", metavar="DIR", help="write the library, encodings.json and the report here")
+    return p
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    from rich.console import Console
+
+    console = Console(stderr=True)
+    args = build_parser().parse_args(argv)
+    try:
+        with console.status("loading the model") as status:
+            made = load_object(args.model, "model")()
+            model, example = made if isinstance(made, tuple) else (made, None)
+            if example is None:
+                if args.input_shape is None:
+                    raise QCompilerError(f"{args.model} gave no example inputs: pass --input-shape, e.g. 1,3,224,224")
+                example = torch.randn(args.input_shape)
+            calibration = load_calibration(args.calibration, args.batch)
+            if calibration is None:
+                console.print("[yellow]no --calibration: ranges come from the example input alone[/yellow]")
+            status.update(f"quantizing ({args.bits}-bit weights, {args.method} calibration)")
+            start = time.perf_counter()
+            from .compiled import compile_model
+            from .quantize import quantize
+            from .targets import get_target
+
+            qm = quantize(model, example, bits=args.bits, activation_bits=args.activation_bits, calibration=calibration,
+                          method=args.method, ptq=args.ptq, scheme=get_target(args.target).scheme(), progress=False)
+            quantize_s = time.perf_counter() - start
+            status.update(f"lowering and building for {args.target}")
+            cm = compile_model(qm, args.target)
+            cm.timings = {"quantize": quantize_s, **cm.timings}
+            status.update("measuring the report")
+            report = cm.report()
+        print(report)
+        if args.export:
+            path = cm.export(args.export)
+            print(f"exported to {path}")
+    except QCompilerError as exc:
+        console.print(f"[red]qcompile: {exc}[/red]")
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

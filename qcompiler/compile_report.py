@@ -1,0 +1,160 @@
+"""The report of a compiled model: per pass (what it changed, its time and error) and per
+layer of the integer program (its kernel time on the target, its share of the MACs, its
+error against the float model, and its bytes).
+
+Per-layer time comes from the runtime's ``profile`` (one entry per kernel call, in call
+order); kernels are matched to the program's layers in order, by kind (a conv2d kernel to
+the next conv2d layer, and so on). Error is the SQNR against the float model of the value
+the layer produces, with everything before it quantized (``qm.analyze``'s cumulative SQNR).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import numpy as np
+import torch.fx as fx
+
+from .graph import get_tensor
+from .integer_ops import op_of
+
+# program op -> the word its kernel names contain (TVM names fused kernels after their ops)
+KERNEL_WORD = {"conv2d": "conv2d", "linear": "matmul", "matmul": "matmul", "avg_pool2d": "pool", "max_pool2d": "pool",
+               "mean": "sum", "lut": "take", "add": "add", "mul": "multiply", "concat": "concat"}
+
+
+@dataclass
+class LayerRow:
+    node: str
+    op: str
+    shape: tuple
+    macs: int
+    weight_bytes: int
+    sqnr_db: Optional[float] = None
+    time_ms: Optional[float] = None
+    sim_node: str = ""
+
+
+@dataclass
+class CompileReport:
+    target: str
+    passes: Any
+    layers: list[LayerRow]
+    timings: dict[str, float]
+    total_ms: Optional[float] = None
+    unmatched_ms: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+    def tables(self) -> list:
+        from rich.table import Table
+
+        t = Table(title=f"layers of the integer program ({self.target})")
+        for col in ("layer", "op", "output shape", "MMACs", "MAC share", "time (ms)", "time share", "SQNR vs float (dB)", "bytes"):
+            t.add_column(col, justify="left" if col in ("layer", "op", "output shape") else "right")
+        total_macs = sum(r.macs for r in self.layers) or 1
+        timed = sum(r.time_ms or 0.0 for r in self.layers) + self.unmatched_ms or 1.0
+        for r in self.layers:
+            t.add_row(r.node, r.op, "×".join(map(str, r.shape)), f"{r.macs / 1e6:.2f}", f"{r.macs / total_macs:.1%}",
+                      "-" if r.time_ms is None else f"{r.time_ms:.3f}", "-" if r.time_ms is None else f"{r.time_ms / timed:.1%}",
+                      "-" if r.sqnr_db is None else ("inf" if math.isinf(r.sqnr_db) else f"{r.sqnr_db:.1f}"), str(r.weight_bytes))
+        return [self.passes.table(), t]
+
+    def __str__(self) -> str:
+        from rich.console import Console
+
+        console = Console(width=170, record=True, file=open("/dev/null", "w"))
+        for table in self.tables():
+            console.print(table)
+        total_macs = sum(r.macs for r in self.layers)
+        lines = [f"target {self.target}; " + ", ".join(f"{k} {v:.1f} s" for k, v in self.timings.items()),
+                 f"{total_macs / 1e6:.1f} MMACs, {sum(r.weight_bytes for r in self.layers) / 1024:.1f} KiB of weights, biases and tables"]
+        if self.total_ms is not None:
+            lines.append(f"kernels {self.total_ms:.2f} ms per call (median); {self.unmatched_ms:.2f} ms in kernels not matched to a layer")
+        return console.export_text() + "\n".join(lines + self.notes) + "\n"
+
+
+# the constants that are a layer's data (weights, bias, lookup table), by argument position
+DATA_ARGS = {"conv2d": (1, 2), "linear": (1, 2), "lut": (1,)}
+
+
+def _bytes(program: fx.GraphModule, node: fx.Node) -> int:
+    """Bytes of the layer's weights, bias and table, as stored in the program."""
+    total = 0
+    for i in DATA_ARGS.get(op_of(node.target), ()):
+        v = node.args[i]
+        if isinstance(v, fx.Node) and v.op == "get_attr":
+            t = get_tensor(program, v)
+            total += t.numel() * t.element_size()
+    return total
+
+
+def _macs(program: fx.GraphModule, node: fx.Node, shape: tuple) -> int:
+    name = op_of(node.target)
+    out = int(np.prod(shape)) if shape else 0
+    if name == "conv2d":
+        w = get_tensor(program, node.args[1])
+        return out * int(np.prod(w.shape[1:]))
+    if name == "linear":
+        return out * int(get_tensor(program, node.args[1]).shape[1])
+    if name == "matmul":
+        a = node.args[0].meta.get("val")
+        return out * (int(a.shape[-1]) if a is not None else 0)
+    return 0
+
+
+def layer_rows(program: fx.GraphModule, shapes: dict[str, tuple]) -> list[LayerRow]:
+    rows = []
+    for node in program.graph.nodes:
+        name = op_of(node.target) if node.op == "call_function" else None
+        if name is None or name in ("quantize", "dequantize"):
+            continue
+        shape = shapes.get(node.name, ())
+        rows.append(LayerRow(node.name, name, shape, _macs(program, node, shape), _bytes(program, node),
+                             sim_node=node.meta.get("qc_sim_node", "")))
+    return rows
+
+
+def _attach_times(rows: list[LayerRow], kernel_times: list[tuple[str, float]]) -> float:
+    """Give each layer the time of the next kernel call whose name has the layer's kernel
+    word; returns the time of calls matched to no layer."""
+    unmatched = 0.0
+    queue = list(rows)
+    for name, seconds in kernel_times:
+        match = next((r for r in queue if KERNEL_WORD.get(r.op, r.op) in name), None)
+        if match is None:
+            unmatched += seconds * 1e3
+            continue
+        queue = queue[queue.index(match) + 1:]
+        match.time_ms = (match.time_ms or 0.0) + seconds * 1e3
+    return unmatched
+
+
+def compile_report(cm: Any, data: Any = None, repeats: int = 5) -> CompileReport:
+    from .interpreter import interpret
+
+    qm = cm.qm
+    inputs = tuple(cm.example_inputs)
+    record: dict = {}
+    interpret(qm.program, *inputs, record=record)
+    shapes = {k: tuple(np.shape(v)) for k, v in record.items()}
+    rows = layer_rows(qm.program, shapes)
+    notes = []
+    try:
+        analysis = qm.analyze(data if data is not None else [inputs])
+        by_value = {r.node: r.cumulative_sqnr for r in analysis.rows}
+        sim_nodes = {n.name: n for n in qm.graph.graph.nodes}
+        for row in rows:
+            q = sim_nodes.get(row.sim_node)
+            if q is not None and q.args and isinstance(q.args[0], fx.Node):
+                row.sqnr_db = by_value.get(q.args[0].name)
+    except Exception as exc:  # the report still shows time and size
+        notes.append(f"error vs float not measured: {type(exc).__name__}: {exc}")
+    total_ms, unmatched = None, 0.0
+    profile = getattr(cm.runtime, "profile", None)
+    if profile is not None:
+        runs = [profile(*inputs) for _ in range(repeats)]
+        median = [(runs[0][i][0], float(np.median([r[i][1] for r in runs]))) for i in range(len(runs[0]))]
+        unmatched = _attach_times(rows, median)
+        total_ms = sum(s for _, s in median) * 1e3
+    return CompileReport(cm.target.name, qm.report, rows, dict(cm.timings), total_ms, unmatched, notes)

@@ -74,18 +74,19 @@ class CompileReport:
         return console.export_text() + "\n".join(lines + self.notes) + "\n"
 
 
-# the constants that are a layer's data (weights, bias, lookup table), by argument position
-DATA_ARGS = {"conv2d": (1, 2), "linear": (1, 2), "lut": (1,)}
+# the constants that are a layer's data, by argument position, with the bytes per element a
+# target stores them in (None: the program's own dtype; biases are int32 whatever holds them)
+DATA_ARGS = {"conv2d": ((1, None), (2, 4)), "linear": ((1, None), (2, 4)), "lut": ((1, None),)}
 
 
 def _bytes(program: fx.GraphModule, node: fx.Node) -> int:
-    """Bytes of the layer's weights, bias and table, as stored in the program."""
+    """Bytes of the layer's weights, bias and table."""
     total = 0
-    for i in DATA_ARGS.get(op_of(node.target), ()):
+    for i, size in DATA_ARGS.get(op_of(node.target), ()):
         v = node.args[i]
         if isinstance(v, fx.Node) and v.op == "get_attr":
             t = get_tensor(program, v)
-            total += t.numel() * t.element_size()
+            total += t.numel() * (size or t.element_size())
     return total
 
 

@@ -12,6 +12,7 @@ what was expected.
 """
 from __future__ import annotations
 
+import copy
 import json
 import os
 import shutil
@@ -80,6 +81,7 @@ def integer_core(program: fx.GraphModule) -> tuple[fx.GraphModule, list[dict], l
             break
         env[node] = graph.node_copy(node, lambda n: env[n])
     graph.eliminate_dead_code()
+    graph._codegen = copy.deepcopy(program.graph._codegen)  # the same input/output structure
     return fx.GraphModule(program, graph), encodings, out_encodings
 
 

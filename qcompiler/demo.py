@@ -1,48 +1,64 @@
-"""`make demo`: capture EfficientNet-Lite0 (pretrained), run the float passes in verify mode,
-print the pass report and what they did to accuracy and to 8-bit weight quantization.
+"""`make demo`: compile EfficientNet-Lite0 (pretrained) for this machine end to end, and print
+what it costs: the report (per pass and per layer), accuracy against float on the 20
+bundled ImageNet images, exactness against the interpreter, and speed against PyTorch.
 
-    python -m qcompiler.demo
+    python -m qcompiler.demo [--target host] [--runs 20]
 """
 from __future__ import annotations
 
+import argparse
 import time
 
+import numpy as np
 import torch
 
-from qcompiler.graph import clone_graph
-
-import qcompiler
+from qcompiler import qcompile
 from qcompiler.metrics import sqnr_db, top1_accuracy, top1_agreement
-from qcompiler.models import efficientnet_lite0, imagenet_samples
-from qcompiler.pass_manager import output_error
-from qcompiler.weight_only import fake_quantize_weights
+from qcompiler.models import efficientnet_lite0, imagenet_calibration_set, imagenet_samples
+
+
+def median_ms(fn, x, runs: int) -> float:
+    fn(x)
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        fn(x)
+        times.append(time.perf_counter() - start)
+    return float(np.median(times)) * 1e3
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--target", default="host")
+    parser.add_argument("--runs", type=int, default=20, help="timed runs per engine (median)")
+    args = parser.parse_args()
     model = efficientnet_lite0()
     data = imagenet_samples()
-    print("EfficientNet-Lite0 (pretrained), 20 ImageNet images from the foolbox wheel\n")
-    start = time.perf_counter()
-    gm = qcompiler.capture(model, data.images[:1])
-    print(f"captured with torch.export in {time.perf_counter() - start:.1f} s: "
-          f"{sum(1 for n in gm.graph.nodes if n.op == 'call_function')} ATen ops\n")
+    n = len(data.labels)
+    calibration = imagenet_calibration_set(crops_per_image=3).split(10)
+    print(f"EfficientNet-Lite0 (pretrained) -> {args.target}: W8A8, MSE calibration on {sum(len(b) for b in calibration)} "
+          f"flips/crops of the {n} foolbox ImageNet images, bias correction\n")
+    cm = qcompile(model, data.images[:1], target=args.target, bits=8, method="mse", calibration=calibration,
+                  ptq=["bias_correction"], progress=False)
+    print(cm.report())
+
     with torch.no_grad():
         reference = model(data.images)
-
-    folded_only = qcompiler.PassManager(["fold_bn"]).run(clone_graph(gm)).gm
-    result = qcompiler.PassManager(qcompiler.FLOAT_PASSES, verify=True).run(gm, (data.images[:2],))
-    print(result.report)
-
+    compiled = torch.cat([cm(data.images[i:i + 1]) for i in range(n)])
+    exact = sum(torch.equal(compiled[i:i + 1], cm.qm.interpret(data.images[i:i + 1])) for i in range(n))
+    print(f"accuracy: float top-1 vs labels {top1_accuracy(reference, data.labels) * n:.0f}/{n}; compiled int8 "
+          f"{top1_accuracy(compiled, data.labels) * n:.0f}/{n}, top-1 agreement with float {top1_agreement(reference, compiled) * n:.0f}/{n}, "
+          f"logits SQNR vs float {sqnr_db(reference, compiled):.2f} dB")
+    print(f"exactness: the {args.target} build equals the interpreter bit for bit on {exact}/{n} images")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    x = data.images[:1]
     with torch.no_grad():
-        out = result.gm(data.images)
-        w8_before = fake_quantize_weights(folded_only, 8)(data.images)
-        w8_after = fake_quantize_weights(result.gm, 8)(data.images)
-    max_abs, rel = output_error([reference], [out])
-    print(f"float top-1 vs labels: {top1_accuracy(reference, data.labels) * 20:.0f}/20")
-    print(f"after fold_bn + equalize: logits max abs error {max_abs:.2e} (relative {rel:.1e}), "
-          f"top-1 agreement {top1_agreement(reference, out) * 20:.0f}/20")
-    print(f"8-bit per-tensor weights (float activations), logits SQNR vs float: "
-          f"{sqnr_db(reference, w8_before):.1f} dB after fold_bn alone -> {sqnr_db(reference, w8_after):.1f} dB after equalize")
+        t_torch = median_ms(model, x, args.runs)
+    t_cm = median_ms(cm, x, args.runs)
+    torch.set_num_threads(threads)
+    print(f"speed (batch 1, median of {args.runs}): compiled int8 {t_cm:.2f} ms, PyTorch float (1 thread) {t_torch:.2f} ms: "
+          f"{t_cm / t_torch:.2f}x; compile took " + ", ".join(f"{k} {v:.0f} s" for k, v in cm.timings.items()))
 
 
 if __name__ == "__main__":

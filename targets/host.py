@@ -66,14 +66,16 @@ class HostRuntime:
     structure (given ``out_spec``)."""
 
     def __init__(self, executable: relax.VMExecutable, mod: tvm.IRModule, build_seconds: float = 0.0,
-                 out_spec: Any = None, function: str = "main"):
+                 out_spec: Any = None, function: str = "main", loaded: Any = None):
+        """``loaded``: the executable's module, already loaded (``executable.jit()``), to
+        share one load between runtimes of several functions of one build."""
         self.executable = executable
         self.mod = mod
         self.build_seconds = build_seconds
         self.out_spec = out_spec
         self.function = function
         self.device = tvm.cpu()
-        self.vm = relax.VirtualMachine(executable, self.device)
+        self.vm = relax.VirtualMachine(loaded if loaded is not None else executable.jit(), self.device)
         self.input_types = [(tuple(int(s) for s in p.ty.shape), str(p.ty.dtype.dtype)) for p in mod[function].params]
 
     def _input(self, i: int, value: Any) -> tvm.runtime.Tensor:

@@ -106,7 +106,8 @@ def build_together(programs: list, inputs: list) -> list[HostRuntime]:
     for i, (program, example) in enumerate(zip(programs, inputs)):
         mod.update(lower(program, example, name=f"m{i}"))
     executable = tvm.compile(mod, host_target())
-    return [HostRuntime(executable, mod, function=f"m{i}") for i in range(len(programs))]
+    loaded = executable.jit()  # once: every VirtualMachine(executable) would load it again
+    return [HostRuntime(executable, mod, function=f"m{i}", loaded=loaded) for i in range(len(programs))]
 
 
 def check_generated_models(cases) -> None:
@@ -122,8 +123,9 @@ def check_generated_models(cases) -> None:
 
 # Three tests with their own names (so their own derandomized examples), which pytest-xdist
 # can run side by side; a third of TARGET_MODELS each.
-generated_models = settings(max_examples=max(1, TARGET_MODELS // (3 * MODELS_PER_BUILD)))(
-    given(st.lists(float_models(), min_size=MODELS_PER_BUILD, max_size=MODELS_PER_BUILD)))
+def generated_models(test):
+    models = st.lists(float_models(), min_size=MODELS_PER_BUILD, max_size=MODELS_PER_BUILD)
+    return settings(max_examples=max(1, TARGET_MODELS // (3 * MODELS_PER_BUILD)))(given(models)(test))
 
 
 @generated_models

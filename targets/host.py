@@ -21,7 +21,7 @@ from tvm import relax
 
 from qcompiler.errors import QCompilerError
 
-from .lower import lower
+from .lower import LOWERINGS, LowerContext, lower
 
 __all__ = ["host_target_spec", "host_target", "build_host", "HostRuntime", "compile_host", "BuildError"]
 
@@ -150,10 +150,55 @@ def _out_spec(program: fx.GraphModule) -> Any:
     return tree_flatten(output.args[0])[1]
 
 
-def compile_host(program: fx.GraphModule, example_inputs: Any, target: Optional[tvm.target.Target] = None) -> HostRuntime:
-    """lower + build_host; the runtime's ``__call__`` returns the program's output structure."""
+# ---------------------------------------------------------------- scheduled kernels
+
+
+def _scheduled(kernel: str, generic: str):
+    """A lowering that emits our exact AVX2 kernel (targets/x86_int8.py) for the op, and the
+    generic lowering where the kernel cannot guarantee exactness (ExactnessError) or the
+    CPU has no AVX2."""
+    def lowering(ctx: LowerContext, node: fx.Node, args: tuple, kwargs: dict):
+        from . import x86_int8
+
+        if not host_has_avx2():
+            return LOWERINGS[generic](ctx, node, args, kwargs)
+        x = ctx.expr(args[0])
+        params = [np.asarray(a) if isinstance(a, np.ndarray) else a for a in args[1:-1]]
+        try:
+            func, consts = getattr(x86_int8, kernel)(ctx.shape(x), ctx.dtype(x), *params, out_dtype=_dtype_name(args[-1]),
+                                                     target=host_target())
+        except x86_int8.ExactnessError:
+            return LOWERINGS[generic](ctx, node, args, kwargs)
+        return x86_int8.emit_call_tir(ctx.bb, func, consts, x, name_hint=f"{generic}_{node.name}")
+    return lowering
+
+
+def _dtype_name(dtype: Any) -> str:
+    return str(dtype).replace("torch.", "")
+
+
+@lru_cache(maxsize=None)
+def host_has_avx2() -> bool:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return " avx2" in f.read()
+    except OSError:
+        return False
+
+
+# The host's own lowerings: our scheduled kernels for the ops that carry the MACs.
+HOST_LOWERINGS = {
+    "conv2d": _scheduled("conv2d_requant_primfunc", "conv2d"),
+    "linear": _scheduled("linear_requant_primfunc", "linear"),
+}
+
+
+def compile_host(program: fx.GraphModule, example_inputs: Any, target: Optional[tvm.target.Target] = None,
+                 scheduled: bool = True) -> HostRuntime:
+    """lower + build_host; the runtime's ``__call__`` returns the program's output structure.
+    ``scheduled=False`` builds TVM's default lowering only (no kernels of ours)."""
     if isinstance(example_inputs, (torch.Tensor, np.ndarray)):
         example_inputs = (example_inputs,)
-    runtime = build_host(lower(program, example_inputs), target)
+    runtime = build_host(lower(program, example_inputs, target_lowerings=HOST_LOWERINGS if scheduled else None), target)
     runtime.out_spec = _out_spec(program)
     return runtime

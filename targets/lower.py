@@ -125,9 +125,12 @@ def _frontend_map() -> dict:
     return _FRONTEND
 
 
-def lowering_for(node: fx.Node) -> Optional[Lowering]:
-    """The lowering of a call_function node, or None."""
+def lowering_for(node: fx.Node, target_lowerings: Optional[dict] = None) -> Optional[Lowering]:
+    """The lowering of a call_function node, or None. ``target_lowerings`` (a target's own
+    table, keyed like LOWERINGS) comes first."""
     key = op_key(node.target)
+    if target_lowerings and key in target_lowerings:
+        return target_lowerings[key]
     if key in LOWERINGS:
         return LOWERINGS[key]
     if key in FLOAT_LOWERINGS:
@@ -781,12 +784,14 @@ def _input_type(example: Any) -> relax.TensorType:
     raise LoweringError(f"an example input must be a tensor, an array or a shape (a tuple of ints), got {example!r}")
 
 
-def lower(program: fx.GraphModule, example_inputs: Any, name: str = "main") -> tvm.IRModule:
+def lower(program: fx.GraphModule, example_inputs: Any, name: str = "main",
+          target_lowerings: Optional[dict] = None) -> tvm.IRModule:
     """Lower ``program`` (an integer program, ``QuantizedModel.program``) to a Relax
     IRModule whose function ``name`` takes the program's placeholders (shapes and dtypes
     of ``example_inputs``: tensors, arrays, or shapes meaning float32) and returns the
-    tuple of the program's output leaves. Raises LoweringError listing every node with no
-    lowering; static shapes only."""
+    tuple of the program's output leaves. ``target_lowerings``: a target's own lowerings
+    (e.g. scheduled kernels), used before the generic ones. Raises LoweringError listing
+    every node with no lowering; static shapes only."""
     if isinstance(example_inputs, (torch.Tensor, np.ndarray)):
         example_inputs = (example_inputs,)
     placeholders = [n for n in program.graph.nodes if n.op == "placeholder"]
@@ -819,7 +824,7 @@ def lower(program: fx.GraphModule, example_inputs: Any, name: str = "main") -> t
                     ctx.env[node] = get_tensor(program, node).detach().cpu().numpy()
                 elif node.op == "call_function":
                     try:
-                        value = lowering_for(node)(ctx, node, arg(node.args), arg(dict(node.kwargs)))
+                        value = lowering_for(node, target_lowerings)(ctx, node, arg(node.args), arg(dict(node.kwargs)))
                         ctx.env[node] = _lower_all(value, lambda v: ctx.emit(v, node.name) if isinstance(v, relax.Expr) else v)
                     except QCompilerError:
                         raise

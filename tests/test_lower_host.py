@@ -73,22 +73,39 @@ def test_host_target_names_the_cpu_not_native():
     assert spec["kind"] == "llvm" and spec.get("mcpu") != "native"
 
 
-def test_conv_and_its_requantize_fuse_into_one_primfunc(every_op):
-    """The shape later schedule passes rely on: LegalizeOps + FuseOps + FuseTIR make one
-    primfunc per conv2d with its int64 requantize epilogue."""
-    import tvm
+def test_generic_conv_and_its_requantize_fuse_into_one_primfunc(every_op):
+    """The generic lowering (scheduled=False, what a target without kernels of its own
+    gets): LegalizeOps + FuseOps + FuseTIR make one primfunc per conv2d with its int64
+    requantize epilogue."""
     from tvm import relax
 
-    qm, x, runtime = every_op
+    qm, x, _ = every_op
+    mod = lower(qm.program, (x,))
     seq = tvm.transform.Sequential([relax.transform.LegalizeOps(), relax.transform.AnnotateTIROpPattern(),
                                     relax.transform.FoldConstant(), relax.transform.FuseOps(), relax.transform.FuseTIR()])
     with tvm.target.Target(dict(host_target_spec())):
-        fused = seq(runtime.mod)
+        fused = seq(mod)
     names = [gv.name_hint for gv, f in fused.functions.items() if isinstance(f, tvm.tirx.PrimFunc)]
     convs = [n for n in names if "conv2d" in n]
     n_convs = sum(1 for n in qm.program.graph.nodes if "qcompiler.conv2d" in str(n.target))
     assert len(convs) >= n_convs
     assert all("right_shift" in n and "maximum" in n and "minimum" in n for n in convs), convs
+    generic = compile_host(qm.program, (x,), scheduled=False)
+    assert_bit_exact(qm, generic, (x,), "generic build")
+
+
+def test_host_build_uses_our_kernels_for_every_conv_and_linear(every_op):
+    from qcompiler.targets.x86_int8 import kernel_info
+
+    qm, _, runtime = every_op
+    kernels = [kernel_info(f) for f in runtime.mod.functions.values() if isinstance(f, tvm.tirx.PrimFunc)]
+    main = runtime.mod["main"].script()
+    weighted = [n for n in qm.program.graph.nodes if str(n.target) in ("qcompiler.conv2d.default", "qcompiler.linear.default")]
+    count = lambda op: sum(1 for n in qm.program.graph.nodes if str(n.target) == f"qcompiler.{op}.default")
+    # what is left of the generic lowering: avg_pool2d's window sums (a conv) and the matmul op
+    assert main.count("R.nn.conv2d(") == count("avg_pool2d") and main.count("R.matmul(") == count("matmul")
+    assert main.count("R.call_tir") == len(weighted)  # identical kernels are shared, calls are not
+    assert {k["kind"] for k in kernels} >= {"depthwise", "dense"}
 
 
 # ---------------------------------------------------------------- generated models

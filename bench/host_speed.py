@@ -106,11 +106,50 @@ def ort_int8_reduce_range(model: torch.nn.Module, calibration: list[torch.Tensor
     return ort_engine(onnx_models(model, calibration, reduce_range=True)[1], threads)
 
 
+_QUANTIZED: dict = {}
+
+
+def quantized_model(model: torch.nn.Module, calibration: list[torch.Tensor]):
+    """qcompiler's W8A8 EfficientNet-Lite0 (MSE calibration + bias correction, the demo's
+    configuration), quantized once for every engine that needs it."""
+    if "qm" not in _QUANTIZED:
+        import qcompiler
+
+        _QUANTIZED["qm"] = qcompiler.quantize(model, calibration[0][:1], bits=8, method="mse", calibration=calibration,
+                                              ptq=["bias_correction"], progress=False)
+    return _QUANTIZED["qm"]
+
+
+def tvm_threads(n: int) -> None:
+    """Resize TVM's runtime thread pool (it is shared by every TVM engine in the process)."""
+    import tvm
+
+    tvm.get_global_func("runtime.config_threadpool")(0, n)
+
+
+def qcompiler_engine(scheduled: bool) -> EngineFactory:
+    """qcompiler's host build of the integer program: with our kernels (scheduled) or TVM's
+    default build of the same program (generic lowering, no schedules)."""
+    def factory(model: torch.nn.Module, calibration: list[torch.Tensor], threads: int) -> Engine:
+        from qcompiler.targets.host import compile_host
+
+        os.environ.setdefault("TVM_NUM_THREADS", str(threads))
+        qm = quantized_model(model, calibration)
+        runtime = compile_host(qm.program, qm.example_inputs, scheduled=scheduled)
+
+        def run(x: np.ndarray) -> np.ndarray:
+            tvm_threads(threads)
+            return runtime.run(x)[0]
+        return run
+    return factory
+
+
 ENGINES: list[tuple[str, EngineFactory]] = [
     (REFERENCE, pytorch_float),
     ("ONNX Runtime float", ort_float),
     (BASELINE, ort_int8),
-    # ("qcompiler int8", qcompiler_int8),   <- add engines here (or use register_engine)
+    ("qcompiler int8", qcompiler_engine(scheduled=True)),
+    ("TVM default build, same program", qcompiler_engine(scheduled=False)),
 ]
 
 

@@ -282,3 +282,17 @@ def test_efficientnet_lite0_is_bit_exact_on_the_host():
     assert_bit_exact(qm, runtime, (x,), "images 0-1")
     assert_bit_exact(qm, runtime, (data.images[2:4],), "images 2-3")
     assert_bit_exact(qm, runtime, (torch.randn(x.shape, generator=torch.Generator().manual_seed(0)) * 2,), "noise")
+
+
+def test_fashion_mnist_model_is_bit_exact_on_the_host():
+    """The bundled Fashion-MNIST model (W8A8 and W4A8), on 64 test images per build."""
+    from qcompiler.models import fashion_mnist, fashion_mobilenet
+
+    x_train, _ = fashion_mnist("train")
+    x_test, _ = fashion_mnist("test")
+    calibration = [x_train[i:i + 64] for i in range(0, 256, 64)]
+    for bits in (8, 4):
+        qm = qcompiler.quantize(fashion_mobilenet(), x_test[:64], bits=bits, calibration=calibration, progress=False)
+        runtime = compile_host(qm.program, (x_test[:64],))
+        assert_bit_exact(qm, runtime, (x_test[:64],), f"W{bits}A8, test images 0-63")
+        assert_bit_exact(qm, runtime, (x_test[64:128],), f"W{bits}A8, test images 64-127")

@@ -29,7 +29,7 @@ demo: $(STAMP)
 	$(PY) -m qcompiler.demo
 
 test: $(STAMP)
-	QCOMPILER_EXAMPLES=$(QCOMPILER_EXAMPLES) $(PY) -m pytest -n $(JOBS) tests
+	QCOMPILER_EXAMPLES=$(QCOMPILER_EXAMPLES) $(PY) -m pytest -n $(JOBS) --dist worksteal --durations=15 tests
 
 bench: $(STAMP)
 	$(PY) bench/cle.py

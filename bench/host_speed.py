@@ -120,26 +120,17 @@ def quantized_model(model: torch.nn.Module, calibration: list[torch.Tensor]):
     return _QUANTIZED["qm"]
 
 
-def tvm_threads(n: int) -> None:
-    """Resize TVM's runtime thread pool (it is shared by every TVM engine in the process)."""
-    import tvm
-
-    tvm.get_global_func("runtime.config_threadpool")(0, n)
-
-
 def qcompiler_engine(scheduled: bool) -> EngineFactory:
     """qcompiler's host build of the integer program: with our kernels (scheduled) or TVM's
     default build of the same program (generic lowering, no schedules)."""
     def factory(model: torch.nn.Module, calibration: list[torch.Tensor], threads: int) -> Engine:
         from qcompiler.targets.host import compile_host
 
-        os.environ.setdefault("TVM_NUM_THREADS", str(threads))
         qm = quantized_model(model, calibration)
-        runtime = compile_host(qm.program, qm.example_inputs, scheduled=scheduled)
+        runtime = compile_host(qm.program, qm.example_inputs, scheduled=scheduled, threads=threads)
 
         def run(x: np.ndarray) -> np.ndarray:
-            tvm_threads(threads)
-            return runtime.run(x)[0]
+            return runtime.run(x)[0]  # the runtime sets TVM's pool to its own thread count
         return run
     return factory
 

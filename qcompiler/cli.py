@@ -71,6 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calibration", help="MODULE:FUNCTION returning batches, or a .pt file")
     p.add_argument("--batch", type=int, default=16, help="batch size when --calibration is one tensor")
     p.add_argument("--ptq", nargs="*", default=[], help="PTQ passes to run, e.g. bias_correction adaround")
+    p.add_argument("--threads", type=int, help="threads the compiled program runs on (default: every CPU)")
     p.add_argument("--export", metavar="DIR", help="write the library, encodings.json and the report here")
     return p
 
@@ -101,7 +102,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                           method=args.method, ptq=args.ptq, scheme=get_target(args.target).scheme(), progress=False)
             quantize_s = time.perf_counter() - start
             status.update(f"lowering and building for {args.target}")
-            cm = compile_model(qm, args.target)
+            cm = compile_model(qm, args.target, threads=args.threads)
             cm.timings = {"quantize": quantize_s, **cm.timings}
             status.update("measuring the report")
             report = cm.report()

@@ -215,19 +215,22 @@ class CompiledModel:
                 f"{self.qm.scheme.describe()})")
 
 
-def compile_model(qm: QuantizedModel, target: str = "host") -> CompiledModel:
-    """Build ``qm``'s integer program for ``target`` (see qcompiler.targets.TARGETS)."""
+def compile_model(qm: QuantizedModel, target: str = "host", threads: Optional[int] = None) -> CompiledModel:
+    """Build ``qm``'s integer program for ``target`` (see qcompiler.targets.TARGETS), its
+    kernels tiled for and run on ``threads`` threads (default: every CPU)."""
     from .targets import get_target
 
     info = get_target(target)
     start = time.perf_counter()
-    runtime = info.build(qm.program, qm.example_inputs)
+    runtime = info.build(qm.program, qm.example_inputs, threads=threads)
     return CompiledModel(qm, info, runtime, qm.example_inputs, {"lower + build": time.perf_counter() - start})
 
 
-def qcompile(model: torch.nn.Module, example_inputs: Any, target: str = "host", bits: int = 8, **quantize_kwargs: Any) -> CompiledModel:
+def qcompile(model: torch.nn.Module, example_inputs: Any, target: str = "host", bits: int = 8,
+             threads: Optional[int] = None, **quantize_kwargs: Any) -> CompiledModel:
     """``quantize`` with the target's scheme, then ``compile``: the one-line promise.
-    ``quantize_kwargs`` go to qcompiler.quantize (calibration, method, passes, ptq, overrides...)."""
+    ``threads``: see ``compile_model``. ``quantize_kwargs`` go to qcompiler.quantize
+    (calibration, method, passes, ptq, overrides...)."""
     from .quantize import quantize
     from .targets import get_target
 
@@ -236,6 +239,6 @@ def qcompile(model: torch.nn.Module, example_inputs: Any, target: str = "host", 
     start = time.perf_counter()
     qm = quantize(model, example_inputs, bits=bits, **quantize_kwargs)
     quantize_seconds = time.perf_counter() - start
-    cm = compile_model(qm, info)
+    cm = compile_model(qm, info, threads=threads)
     cm.timings = {"quantize": quantize_seconds, **cm.timings}
     return cm

@@ -90,12 +90,13 @@ class QuantizedModel:
         with torch.no_grad():
             return self.float_graph(*inputs)
 
-    def compile(self, target: str = "host"):
+    def compile(self, target: str = "host", threads: Optional[int] = None):
         """Build the integer program for ``target`` ("host", ...): a CompiledModel that
-        equals ``interpret`` bit for bit (qcompiler.compiled)."""
+        equals ``interpret`` bit for bit (qcompiler.compiled); ``threads``: how many threads
+        it runs on (default: every CPU)."""
         from .compiled import compile_model
 
-        return compile_model(self, target)
+        return compile_model(self, target, threads=threads)
 
     def __repr__(self) -> str:
         return f"QuantizedModel({self.scheme.describe()}, {len(self.qparams)} quantized activations)"

@@ -27,7 +27,8 @@ class TargetInfo:
     name: what users pass as ``target=``.
     description: one line for reports and errors.
     scheme: the QuantScheme the target executes (its default for ``qcompile``).
-    builder: "module:function" taking (program, example_inputs) and returning a runtime with
+    builder: "module:function" taking (program, example_inputs, **options) (options: e.g.
+        ``threads``) and returning a runtime with
         ``run(*arrays) -> list[np.ndarray]``, ``input_types`` and ``export_library(path)``.
     library_suffix: file name suffix of the exported library.
     """
@@ -38,9 +39,10 @@ class TargetInfo:
     builder: str
     library_suffix: str = ".so"
 
-    def build(self, program: Any, example_inputs: Any) -> Any:
+    def build(self, program: Any, example_inputs: Any, **options: Any) -> Any:
         module, function = self.builder.split(":")
-        return getattr(importlib.import_module(module), function)(program, example_inputs)
+        options = {k: v for k, v in options.items() if v is not None}
+        return getattr(importlib.import_module(module), function)(program, example_inputs, **options)
 
 
 TARGETS: dict[str, TargetInfo] = {

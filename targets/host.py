@@ -9,6 +9,7 @@ Equal bit for bit to ``qm.interpret(x)`` (tests/test_lower_host.py).
 """
 from __future__ import annotations
 
+import os
 import time
 from functools import lru_cache
 from typing import Any, Optional
@@ -21,9 +22,36 @@ from tvm import relax
 
 from qcompiler.errors import QCompilerError
 
+from .cpu_schedule import cpu_pipeline
 from .lower import LOWERINGS, LowerContext, lower
 
-__all__ = ["host_target_spec", "host_target", "build_host", "HostRuntime", "compile_host", "BuildError"]
+__all__ = ["host_target_spec", "host_target", "build_host", "HostRuntime", "compile_host", "BuildError", "use_threads",
+           "available_cpus"]
+
+
+def available_cpus() -> int:
+    """CPUs this process may run on."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+# TVM's runtime sizes its thread pool once, from TVM_NUM_THREADS, when it first runs a
+# parallel kernel; without it, it takes half the CPUs on x86 (it assumes hyper-threading),
+# one thread on these 2-core machines. Give it every CPU this process may use; each
+# HostRuntime then runs on its own ``threads`` of them (``use_threads``).
+os.environ.setdefault("TVM_NUM_THREADS", str(available_cpus()))
+
+_THREADS_IN_USE: list[Optional[int]] = [None]
+
+
+def use_threads(n: int) -> None:
+    """Run TVM's parallel kernels on ``n`` threads from now on (at most TVM_NUM_THREADS as
+    it was when the runtime first ran a parallel kernel)."""
+    if _THREADS_IN_USE[0] != n:
+        tvm.get_global_func("runtime.config_threadpool")(0, int(n))
+        _THREADS_IN_USE[0] = n
 
 
 class BuildError(QCompilerError):
@@ -47,16 +75,21 @@ def host_target() -> tvm.target.Target:
     return tvm.target.Target(dict(host_target_spec()))
 
 
-def build_host(mod: tvm.IRModule, target: Optional[tvm.target.Target] = None) -> "HostRuntime":
-    """Build a lowered IRModule with ``tvm.compile`` (default Relax pipeline) for the host and
-    load it in a Relax VirtualMachine."""
+def build_host(mod: tvm.IRModule, target: Optional[tvm.target.Target] = None, scheduled: bool = True,
+               threads: Optional[int] = None) -> "HostRuntime":
+    """Build a lowered IRModule with ``tvm.compile`` and Relax's CPU pipeline (legalize, fuse
+    each chain of elementwise ops into one kernel, which ``tvm.compile``'s own default does
+    not do on CPU) with those kernels vectorized (``cpu_schedule``), and load it in a Relax
+    VirtualMachine. ``scheduled=False``: ``tvm.compile``'s default pipeline as it is (what
+    a TVM user gets: no fusion, no schedules)."""
     target = target or host_target()
     start = time.perf_counter()
     try:
-        executable = tvm.compile(mod, target)
+        mod = relax.transform.DeadCodeElimination()(mod)  # e.g. pads taken into the conv kernels
+        executable = tvm.compile(mod, target, relax_pipeline=cpu_pipeline(target) if scheduled else "default")
     except Exception as exc:
         raise BuildError(f"TVM failed to build the lowered program for {target}: {type(exc).__name__}: {exc}") from exc
-    return HostRuntime(executable, mod, build_seconds=time.perf_counter() - start)
+    return HostRuntime(executable, mod, build_seconds=time.perf_counter() - start, threads=threads)
 
 
 class HostRuntime:
@@ -66,15 +99,17 @@ class HostRuntime:
     structure (given ``out_spec``)."""
 
     def __init__(self, executable: relax.VMExecutable, mod: tvm.IRModule, build_seconds: float = 0.0,
-                 out_spec: Any = None, function: str = "main", loaded: Any = None):
+                 out_spec: Any = None, function: str = "main", loaded: Any = None, threads: Optional[int] = None):
         """``loaded``: the executable's module, already loaded (``executable.jit()``), to
-        share one load between runtimes of several functions of one build."""
+        share one load between runtimes of several functions of one build. ``threads``: how
+        many threads its parallel kernels run on (default: TVM_NUM_THREADS, all CPUs)."""
         self.executable = executable
         self.mod = mod
         self.build_seconds = build_seconds
         self.out_spec = out_spec
         self.function = function
         self.device = tvm.cpu()
+        self.threads = int(threads or os.environ.get("TVM_NUM_THREADS") or available_cpus())
         self.vm = relax.VirtualMachine(loaded if loaded is not None else executable.jit(), self.device)
         self.input_types = [(tuple(int(s) for s in p.ty.shape), str(p.ty.dtype.dtype)) for p in mod[function].params]
 
@@ -96,6 +131,7 @@ class HostRuntime:
     def run(self, *inputs: Any) -> list[np.ndarray]:
         if len(inputs) != len(self.input_types):
             raise QCompilerError(f"the program takes {len(self.input_types)} input(s), got {len(inputs)}")
+        use_threads(self.threads)
         out = self.vm[self.function](*[self._input(i, v) for i, v in enumerate(inputs)])
         return [o.numpy() for o in out]
 
@@ -128,6 +164,7 @@ class HostRuntime:
             return 0
 
         args = [self._input(i, v) for i, v in enumerate(inputs)]
+        use_threads(self.threads)
         self.vm.set_instrument(tvm_ffi.convert(instrument))
         try:
             self.vm[self.function](*args)
@@ -136,7 +173,7 @@ class HostRuntime:
         return [(name, seconds) for name, seconds in calls if not name.startswith("vm.")]
 
     def __repr__(self) -> str:
-        return f"HostRuntime({len(self.input_types)} input(s), built in {self.build_seconds:.1f} s)"
+        return f"HostRuntime({len(self.input_types)} input(s), {self.threads} thread(s), built in {self.build_seconds:.1f} s)"
 
 
 def _out_spec(program: fx.GraphModule) -> Any:
@@ -153,10 +190,11 @@ def _out_spec(program: fx.GraphModule) -> Any:
 # ---------------------------------------------------------------- scheduled kernels
 
 
-def _scheduled(kernel: str, generic: str):
+def _scheduled(kernel: str, generic: str, threads: Optional[int] = None):
     """A lowering that emits our exact AVX2 kernel (targets/x86_int8.py) for the op, and the
     generic lowering where the kernel cannot guarantee exactness (ExactnessError) or the
-    CPU has no AVX2."""
+    CPU has no AVX2. ``threads``: the runtime thread count conv kernels are tiled for
+    (default ``x86_int8.default_threads()``)."""
     def lowering(ctx: LowerContext, node: fx.Node, args: tuple, kwargs: dict):
         from . import x86_int8
 
@@ -164,13 +202,40 @@ def _scheduled(kernel: str, generic: str):
             return LOWERINGS[generic](ctx, node, args, kwargs)
         x = ctx.expr(args[0])
         params = [np.asarray(a) if isinstance(a, np.ndarray) else a for a in args[1:-1]]
+        if generic == "conv2d":
+            x, params[PADDING_PARAM] = _fold_zero_point_pad(ctx, node, x, params[PADDING_PARAM], params[X_ZP_PARAM])
+        options = {"threads": threads} if generic == "conv2d" and threads else {}
         try:
             func, consts = getattr(x86_int8, kernel)(ctx.shape(x), ctx.dtype(x), *params, out_dtype=_dtype_name(args[-1]),
-                                                     target=host_target())
+                                                     target=host_target(), **options)
         except x86_int8.ExactnessError:
             return LOWERINGS[generic](ctx, node, args, kwargs)
         return x86_int8.emit_call_tir(ctx.bb, func, consts, x, name_hint=f"{generic}_{node.name}")
     return lowering
+
+
+# positions in qcompiler.conv2d's arguments after x: (w, bias, x_zp, stride, padding, ...)
+X_ZP_PARAM, PADDING_PARAM = 2, 4
+
+
+def _fold_zero_point_pad(ctx: LowerContext, node: fx.Node, x: Any, padding: Any, x_zp: Any) -> tuple[Any, Any]:
+    """If the conv's input is a ``constant_pad_nd`` of its spatial dims by the conv's input
+    zero point (TensorFlow "same" padding, which is asymmetric for stride 2), take the pad
+    into the kernel: returns (the pad's input, (top, bottom, left, right) padding). The
+    kernel then pads in its own scratch copy and the padded tensor is never written (the
+    pad is left dead for dead-code elimination, unless something else uses it).
+    Otherwise returns (x, padding) as given."""
+    source = node.args[0]
+    if not (isinstance(source, fx.Node) and source.op == "call_function"
+            and source.target is torch.ops.aten.constant_pad_nd.default):
+        return x, padding
+    pad = [int(v) for v in source.args[1]]
+    value = source.args[2] if len(source.args) > 2 else source.kwargs.get("value", 0)
+    inner = ctx.env.get(source.args[0])
+    if len(pad) != 4 or min(pad) < 0 or not isinstance(inner, relax.Expr) or float(value) != float(int(x_zp)):
+        return x, padding
+    (ph, pw), (left, right, top, bottom) = [int(v) for v in padding], pad
+    return inner, (ph + top, ph + bottom, pw + left, pw + right)
 
 
 def _dtype_name(dtype: Any) -> str:
@@ -186,19 +251,28 @@ def host_has_avx2() -> bool:
         return False
 
 
-# The host's own lowerings: our scheduled kernels for the ops that carry the MACs.
-HOST_LOWERINGS = {
-    "conv2d": _scheduled("conv2d_requant_primfunc", "conv2d"),
-    "linear": _scheduled("linear_requant_primfunc", "linear"),
-}
+def host_lowerings(threads: Optional[int] = None) -> dict:
+    """The host's own lowerings: our scheduled kernels for the ops that carry the MACs,
+    tiled for ``threads`` runtime threads."""
+    return {
+        "conv2d": _scheduled("conv2d_requant_primfunc", "conv2d", threads),
+        "linear": _scheduled("linear_requant_primfunc", "linear", threads),
+    }
+
+
+HOST_LOWERINGS = host_lowerings()
 
 
 def compile_host(program: fx.GraphModule, example_inputs: Any, target: Optional[tvm.target.Target] = None,
-                 scheduled: bool = True) -> HostRuntime:
+                 scheduled: bool = True, threads: Optional[int] = None) -> HostRuntime:
     """lower + build_host; the runtime's ``__call__`` returns the program's output structure.
-    ``scheduled=False`` builds TVM's default lowering only (no kernels of ours)."""
+    ``scheduled=False`` is TVM's default build of the generic lowering (no kernels or
+    schedules of ours: for comparison). ``threads``: the thread count the kernels are tiled
+    for (default TVM_NUM_THREADS, else the CPU count); TVM's runtime runs them on its own
+    thread pool (TVM_NUM_THREADS, or ``runtime.config_threadpool``)."""
     if isinstance(example_inputs, (torch.Tensor, np.ndarray)):
         example_inputs = (example_inputs,)
-    runtime = build_host(lower(program, example_inputs, target_lowerings=HOST_LOWERINGS if scheduled else None), target)
+    runtime = build_host(lower(program, example_inputs, target_lowerings=host_lowerings(threads) if scheduled else None), target,
+                         scheduled=scheduled, threads=threads)
     runtime.out_spec = _out_spec(program)
     return runtime

@@ -498,9 +498,9 @@ def _gemm_conv(n: int, c: int, h: int, wd: int, x_dtype: str, w: np.ndarray, str
     o, cg, kh, kw = w.shape
     g = groups
     og = o // g
-    (sh, sw), (ph, pw), (dh, dw) = stride, padding, dilation
-    ho = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1
-    wo = (wd + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+    (sh, sw), (pt, pbm, pl, pr), (dh, dw) = stride, padding, dilation
+    ho = (h + pt + pbm - dh * (kh - 1) - 1) // sh + 1
+    wo = (wd + pl + pr - dw * (kw - 1) - 1) // sw + 1
     P = ho * wo
     K = cg * kh * kw
     K2 = _cdiv(K, 2)
@@ -508,7 +508,7 @@ def _gemm_conv(n: int, c: int, h: int, wd: int, x_dtype: str, w: np.ndarray, str
     TW = NP * 8
     OB = _cdiv(og, MO)
     OPG = OB * MO
-    pointwise = kh == 1 and kw == 1 and sh == 1 and sw == 1 and ph == 0 and pw == 0
+    pointwise = kh == 1 and kw == 1 and sh == 1 and sw == 1 and pt == pbm == pl == pr == 0
     PB = plan.pb
     assert PB % TW == 0
     NCH = _cdiv(P, PB)
@@ -523,7 +523,7 @@ def _gemm_conv(n: int, c: int, h: int, wd: int, x_dtype: str, w: np.ndarray, str
     NTASK = n * g * NCH * OS
     mode, fold, odt, clamp = rq.mode, rq.fold_zp, out_dtype, rq.clamp
     signed_x = x_dtype == "int8"
-    HP, WP = h + 2 * ph, wd + 2 * pw
+    HP, WP = h + pt + pbm, wd + pl + pr
     KS = kh * kw
     XPW = PB + 8  # packed row length (im2col writes up to 7 lanes past a chunk)
     copy_x = not pointwise
@@ -593,19 +593,20 @@ def _gemm_conv(n: int, c: int, h: int, wd: int, x_dtype: str, w: np.ndarray, str
             xpad = T.alloc_buffer((n * c * HP * WP + SLACK,), x_dtype, scope="local")
             for nc_ in T.parallel(n * c):
                 for yy in range(HP):
-                    if yy < ph or yy >= ph + h:
+                    if yy < pt or yy >= pt + h:
                         for xx in range(WP):
                             xpad[(nc_ * HP + yy) * WP + xx] = T.Cast(x_dtype, x_zp)
                     else:
-                        for xx in range(pw):
+                        for xx in range(pl):
                             xpad[(nc_ * HP + yy) * WP + xx] = T.Cast(x_dtype, x_zp)
-                            xpad[(nc_ * HP + yy) * WP + pw + wd + xx] = T.Cast(x_dtype, x_zp)
+                        for xx in range(pr):
+                            xpad[(nc_ * HP + yy) * WP + pl + wd + xx] = T.Cast(x_dtype, x_zp)
                         for v in range(wd // 16):
-                            xpad[T.ramp((nc_ * HP + yy) * WP + pw + v * 16, 1, 16)] = x[
-                                nc_ // c, nc_ % c, T.ramp((yy - ph) * wd + v * 16, 1, 16)]
+                            xpad[T.ramp((nc_ * HP + yy) * WP + pl + v * 16, 1, 16)] = x[
+                                nc_ // c, nc_ % c, T.ramp((yy - pt) * wd + v * 16, 1, 16)]
                         for l in range(wd % 16):
-                            xpad[(nc_ * HP + yy) * WP + pw + wd // 16 * 16 + l] = x[
-                                nc_ // c, nc_ % c, (yy - ph) * wd + wd // 16 * 16 + l]
+                            xpad[(nc_ * HP + yy) * WP + pl + wd // 16 * 16 + l] = x[
+                                nc_ // c, nc_ % c, (yy - pt) * wd + wd // 16 * 16 + l]
             for sl in range(SLACK):
                 xpad[n * c * HP * WP + sl] = T.Cast(x_dtype, x_zp)
         for task in T.parallel(NTASK):
@@ -689,10 +690,10 @@ def _depthwise(n: int, c: int, h: int, wd: int, x_dtype: str, w: np.ndarray, str
     Other horizontal strides use a plain int32 loop."""
     o, _, kh, kw = w.shape
     og = o // c
-    (sh, sw), (ph, pw), (dh, dw) = stride, padding, dilation
-    ho = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1
-    wo = (wd + 2 * pw - dw * (kw - 1) - 1) // sw + 1
-    HP, WP = h + 2 * ph, wd + 2 * pw
+    (sh, sw), (pt, pbm, pl, pr), (dh, dw) = stride, padding, dilation
+    ho = (h + pt + pbm - dh * (kh - 1) - 1) // sh + 1
+    wo = (wd + pl + pr - dw * (kw - 1) - 1) // sw + 1
+    HP, WP = h + pt + pbm, wd + pl + pr
     paired = dw == 1
     NQ = _cdiv(kw, 2) if paired else kw  # weight pairs per kernel row
     mode, fold, odt, clamp = rq.mode, rq.fold_zp, out_dtype, rq.clamp
@@ -774,25 +775,25 @@ def _depthwise(n: int, c: int, h: int, wd: int, x_dtype: str, w: np.ndarray, str
                 # int16 copy of the input plane, padded with the zero point (the slack past
                 # it is left as is: it only feeds outputs that are dropped)
                 src = T.alloc_buffer((PLANE,), "int16", scope=_scope(PLANE * 2))
-                if ph == 0 and pw == 0:
+                if pt == 0 and pbm == 0 and pl == 0 and pr == 0:
                     for v in range(h * wd // 16):
                         src[T.ramp(v * 16, 1, 16)] = T.Cast("int16x16", xf[T.ramp((nn * c + oo // og) * (h * wd) + v * 16, 1, 16)])
                     for l in range(h * wd % 16):
                         src[h * wd // 16 * 16 + l] = T.Cast("int16", xf[(nn * c + oo // og) * (h * wd) + h * wd // 16 * 16 + l])
                 else:
                     for yy in range(HP):
-                        if yy < ph or yy >= ph + h:
+                        if yy < pt or yy >= pt + h:
                             for xx in range(WP):
                                 src[yy * WP + xx] = T.int16(x_zp)
                         else:
-                            for xx in range(pw):
+                            for xx in range(pl):
                                 src[yy * WP + xx] = T.int16(x_zp)
                             for v in range(wd // 16):
-                                src[T.ramp(yy * WP + pw + v * 16, 1, 16)] = T.Cast("int16x16", x[nn, oo // og, yy - ph, T.ramp(v * 16, 1, 16)])
+                                src[T.ramp(yy * WP + pl + v * 16, 1, 16)] = T.Cast("int16x16", x[nn, oo // og, yy - pt, T.ramp(v * 16, 1, 16)])
                             for l in range(wd % 16):
-                                src[yy * WP + pw + wd // 16 * 16 + l] = T.Cast("int16", x[nn, oo // og, yy - ph, wd // 16 * 16 + l])
-                            for xx in range(pw):
-                                src[yy * WP + pw + wd + xx] = T.int16(x_zp)
+                                src[yy * WP + pl + wd // 16 * 16 + l] = T.Cast("int16", x[nn, oo // og, yy - pt, wd // 16 * 16 + l])
+                            for xx in range(pr):
+                                src[yy * WP + pl + wd + xx] = T.int16(x_zp)
                 if LAYOUT == "flat":
                     res = T.alloc_buffer((NG * NVEC * 16,), odt, scope=_scope(NG * NVEC * 16))
                     for g in range(NG):
@@ -875,8 +876,8 @@ def _depthwise(n: int, c: int, h: int, wd: int, x_dtype: str, w: np.ndarray, str
                         for i in range(kh):
                             for q in range(NQ):
                                 wpair = T.meta_var(wdw[oo, i, q])
-                                yy = T.meta_var(y * sh + i * dh - ph)
-                                xa = T.meta_var(xx * sw + woff(q) - pw)
+                                yy = T.meta_var(y * sh + i * dh - pt)
+                                xa = T.meta_var(xx * sw + woff(q) - pl)
                                 acc1[0] = acc1[0] + T.if_then_else(
                                     yy >= 0 and yy < h and xa >= 0 and xa < wd,
                                     T.Cast("int32", x[nn, oo // og, T.max(T.min(yy, h - 1), 0), T.max(T.min(xa, wd - 1), 0)]),
@@ -967,6 +968,16 @@ def _dense(m: int, k: int, o: int, x_dtype: str, rq: Requant, out_zp: int, out_d
 # ----------------------------------------------------------------- public API
 
 
+def _pad4(padding: Sequence[int]) -> tuple[int, int, int, int]:
+    """(top, bottom, left, right) from a conv's symmetric (ph, pw) or an explicit 4-tuple."""
+    padding = tuple(int(v) for v in padding)
+    if len(padding) == 2:
+        return padding[0], padding[0], padding[1], padding[1]
+    if len(padding) == 4 and min(padding) >= 0:
+        return padding
+    raise ValueError(f"padding must be (ph, pw) or (top, bottom, left, right), non-negative: got {padding}")
+
+
 def conv2d_requant_primfunc(x_shape: Sequence[int], x_dtype: str, w: np.ndarray, bias, x_zp: int, stride=(1, 1),
                             padding=(0, 0), dilation=(1, 1), groups: int = 1, mult=None, shift=None, out_zp: int = 0,
                             lo=0, hi=255, out_dtype: str = "uint8", target: Optional[tvm.target.Target] = None,
@@ -978,6 +989,10 @@ def conv2d_requant_primfunc(x_shape: Sequence[int], x_dtype: str, w: np.ndarray,
     Arguments follow ``qcompiler.kernels.conv2d``: ``x_shape`` [N, C, H, W] (``x_dtype``
     uint8 or int8), ``w`` [O, C/groups, kh, kw] int8, ``bias`` [O] int32, scalar ``x_zp``
     and ``out_zp``, per-channel (or scalar) ``mult``, ``shift``, ``lo``, ``hi``.
+    ``padding`` is the conv's (ph, pw) or an explicit (top, bottom, left, right): the
+    latter takes in a zero-point ``constant_pad_nd`` before the conv (TensorFlow's "same"
+    padding of stride-2 layers pads one more at the bottom and right), so that the padded
+    input is never written out.
 
     Returns ``(func, consts)``: ``func(x, *consts, out)`` writes ``out`` [N, O, Ho, Wo]
     (``out_dtype``); ``consts`` are numpy arrays to pass as constants:
@@ -1006,13 +1021,14 @@ def conv2d_requant_primfunc(x_shape: Sequence[int], x_dtype: str, w: np.ndarray,
     if c != cg * groups or o % groups:
         raise ValueError(f"conv2d shapes: x {x_shape}, w {w.shape}, groups {groups}")
     stride, padding, dilation = (tuple(int(v) for v in a) for a in (stride, padding, dilation))
+    padding = _pad4(padding)
     ch = _prepare_channels(w.reshape(o, -1), bias, x_dtype, int(x_zp), mult, shift, int(out_zp), lo, hi)
     w2, w = ch.w2, ch.w2.reshape(w.shape)
     og = o // groups
     K = cg * kh * kw
-    (sh, sw), (ph, pw), (dh, dw) = stride, padding, dilation
-    ho = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1
-    wo = (wd + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+    (sh, sw), (pt, pbm, pl, pr), (dh, dw) = stride, padding, dilation
+    ho = (h + pt + pbm - dh * (kh - 1) - 1) // sh + 1
+    wo = (wd + pl + pr - dw * (kw - 1) - 1) // sw + 1
     if ho <= 0 or wo <= 0:
         raise ValueError("empty conv2d output")
     if cg == 1:  # depthwise (or depthwise with a channel multiplier)

@@ -108,6 +108,36 @@ def test_host_build_uses_our_kernels_for_every_conv_and_linear(every_op):
     assert {k["kind"] for k in kernels} >= {"depthwise", "dense"}
 
 
+class SamePaddedConvs(nn.Module):
+    """TensorFlow "same" padding as EfficientNet-Lite0 exports it: an explicit, asymmetric
+    pad before stride-2 convs (dense and depthwise), and a symmetric one before a stride-1
+    depthwise conv."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, stride=2)
+        self.dw = nn.Conv2d(8, 8, 5, stride=2, groups=8)
+        self.dw1 = nn.Conv2d(8, 8, 3, groups=8)
+
+    def forward(self, x):
+        x = torch.relu(self.stem(nn.functional.pad(x, (0, 1, 0, 1))))
+        x = torch.relu(self.dw(nn.functional.pad(x, (1, 2, 1, 2))))
+        return self.dw1(nn.functional.pad(x, (1, 1, 1, 1)))
+
+
+def test_zero_point_pads_are_taken_into_the_conv_kernels():
+    model = SamePaddedConvs().eval()
+    x = torch.randn(2, 3, 23, 21)
+    qm = qcompiler.quantize(model, x, calibration=[x])
+    assert sum("constant_pad_nd" in str(n.target) for n in qm.program.graph.nodes) == 3
+    runtime = compile_host(qm.program, (x,))
+    main = runtime.mod["main"].script()
+    assert "R.nn.pad" not in main and main.count("R.call_tir") == 3, main
+    gen = torch.Generator().manual_seed(3)
+    for i, probe in enumerate([x, torch.randn(x.shape, generator=gen) * 5, torch.full(x.shape, -1e3)]):
+        assert_bit_exact(qm, runtime, (probe,), f"probe {i}")
+
+
 # ---------------------------------------------------------------- generated models
 
 
@@ -296,3 +326,58 @@ def test_fashion_mnist_model_is_bit_exact_on_the_host():
         runtime = compile_host(qm.program, (x_test[:64],))
         assert_bit_exact(qm, runtime, (x_test[:64],), f"W{bits}A8, test images 0-63")
         assert_bit_exact(qm, runtime, (x_test[64:128],), f"W{bits}A8, test images 64-127")
+
+
+def test_fused_elementwise_kernels_are_vectorized_and_unchanged(every_op):
+    """targets/cpu_schedule.py: after Relax's CPU fusion, every injective kernel of the
+    generic lowering is vectorized (reductions and our own kernels are left alone), and the
+    scheduled build computes the same bits."""
+    from tvm import relax, tirx
+
+    from qcompiler.targets.cpu_schedule import ScheduleInjectiveKernels, schedule_injective
+    from qcompiler.targets.host import HOST_LOWERINGS
+
+    qm, x, runtime = every_op
+    mod = lower(qm.program, (x,), target_lowerings=HOST_LOWERINGS)
+    with host_target():
+        fused = tvm.transform.Sequential([relax.transform.LegalizeOps(), relax.transform.AnnotateTIROpPattern(),
+                                          relax.transform.FoldConstant(), relax.transform.FuseOps(),
+                                          relax.transform.FuseTIR()])(mod)
+    scheduled = ScheduleInjectiveKernels()(fused)
+
+    def kinds(func):
+        import tvm_ffi
+
+        found = set()
+        tvm_ffi.structural_walk(func.body, [(tirx.For, lambda s: found.add(s.kind))])
+        return found
+
+    vectorized = left = 0
+    for gv, func in scheduled.functions.items():
+        if not isinstance(func, tirx.PrimFunc):
+            continue
+        ours = func.attrs is not None and "qcompiler.kernel" in func.attrs
+        if tirx.ForKind.VECTORIZED in kinds(func) and not ours:
+            vectorized += 1
+        elif schedule_injective(fused[gv.name_hint]) is None:
+            left += 1
+    assert vectorized >= 5 and left >= 3, (vectorized, left)
+    assert schedule_injective(next(f for f in scheduled.functions.values()
+                                   if isinstance(f, tirx.PrimFunc) and f.attrs and "qcompiler.kernel" in f.attrs)) is None
+    assert_bit_exact(qm, runtime, (x * 3,), "scheduled build")
+
+
+def test_thread_count_is_planned_and_used(every_op):
+    """compile_host(threads=n) tiles the conv kernels for n threads (output-channel splits)
+    and runs on n threads; both builds equal the interpreter."""
+    from qcompiler.targets.x86_int8 import kernel_info
+
+    qm, x, _ = every_op
+    splits = {}
+    for n in (1, 2):
+        runtime = compile_host(qm.program, (x,), threads=n)
+        assert runtime.threads == n and f"{n} thread(s)" in repr(runtime)
+        infos = [kernel_info(f) for f in runtime.mod.functions.values() if isinstance(f, tvm.tirx.PrimFunc)]
+        splits[n] = max(i.get("osplit", 1) for i in infos if i)
+        assert_bit_exact(qm, runtime, (x,), f"{n} thread(s)")
+    assert splits[1] == 1 and splits[2] == 2

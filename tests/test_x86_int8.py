@@ -77,8 +77,13 @@ def _check_conv(target, x_shape, w_shape, stride=(1, 1), padding=(0, 0), dilatio
         inputs += [np.full(x_shape, xmax), np.full(x_shape, xmin)]
     for x in inputs:
         x = x.astype(x_dtype)
-        ref = kernels.conv2d(x, w, p["bias"], p["x_zp"], stride, padding, dilation, groups, p["mult"], p["shift"],
-                             p["out_zp"], p["lo"], p["hi"]).astype(out_dtype)
+        ref_x, ref_padding = x, padding
+        if len(padding) == 4:  # (top, bottom, left, right): an explicit zero-point pad before the conv
+            top, bottom, left, right = padding
+            ref_x = np.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right)), constant_values=p["x_zp"])
+            ref_padding = (0, 0)
+        ref = kernels.conv2d(ref_x, w, p["bias"], p["x_zp"], stride, ref_padding, dilation, groups, p["mult"],
+                             p["shift"], p["out_zp"], p["lo"], p["hi"]).astype(out_dtype)
         out = tvm.runtime.tensor(np.zeros(ref.shape, out_dtype))
         ex(tvm.runtime.tensor(x), *[tvm.runtime.tensor(c) for c in consts], out)
         got = out.numpy()
@@ -156,6 +161,21 @@ def test_depthwise_wide_dilation(target, layout):
     # unpaired taps (horizontal dilation 3) on both stride-1 layouts
     _check_conv(target, (1, 4, 20, 30), (4, 1, 3, 5), padding=(2, 3), dilation=(2, 3), groups=4,
                 dw_opts={"layout": layout}, kind="depthwise")
+
+
+@pytest.mark.parametrize("x_shape,w_shape,stride,padding,dw_opts", [
+    ((1, 6, 20, 22), (6, 1, 3, 3), 2, (0, 1, 0, 1), None),       # TF "same", stride 2 (EfficientNet-Lite0)
+    ((1, 4, 19, 21), (4, 1, 5, 5), 2, (1, 2, 1, 2), None),
+    ((1, 5, 12, 37), (5, 1, 3, 3), 1, (2, 0, 0, 1), {"layout": "rows"}),
+    ((1, 5, 9, 11), (5, 1, 3, 3), 1, (0, 2, 1, 0), {"layout": "flat"}),
+    ((1, 4, 13, 16), (4, 1, 3, 5), 3, (1, 0, 2, 1), None),       # generic stride
+    ((1, 3, 23, 25), (8, 3, 3, 3), 2, (0, 1, 0, 1), None),       # im2col stem
+])
+def test_asymmetric_padding(target, x_shape, w_shape, stride, padding, dw_opts):
+    # a zero-point constant_pad_nd taken into the kernel: (top, bottom, left, right)
+    groups = x_shape[1] if w_shape[1] == 1 else 1
+    _check_conv(target, x_shape, w_shape, stride=(stride, stride), padding=padding, groups=groups, dw_opts=dw_opts,
+                kind="depthwise" if groups > 1 else "im2col")
 
 
 def test_depthwise_generic_stride(target):

@@ -10,6 +10,7 @@ occurs), optionally next to ONNX Runtime's int8 EfficientNet-Lite0 measured in t
     .venv/bin/python bench/x86_kernels.py --real          # the model's own weights and requantize
                                                           # parameters (quantizes it first: slow)
     .venv/bin/python bench/x86_kernels.py --sweep         # GEMM tilings per pointwise layer
+    .venv/bin/python bench/x86_kernels.py --no-default --u8s8   # pointwise with the exact vpmaddubsw kernel
 
 Layers. ``LAYERS`` was derived once by quantizing EfficientNet-Lite0
 (``qcompiler.quantize(models.efficientnet_lite0(), models.imagenet_samples().images[:1])``)
@@ -200,7 +201,7 @@ class Built:
     times: list = field(default_factory=list)
 
 
-def build_ours(layer: Layer, target, calls: int, plan=None, threads: int = 1) -> Built:
+def build_ours(layer: Layer, target, calls: int, plan=None, threads: int = 1, u8s8: bool = False) -> Built:
     import tvm
 
     from qcompiler.targets import x86_int8 as K
@@ -212,7 +213,8 @@ def build_ours(layer: Layer, target, calls: int, plan=None, threads: int = 1) ->
     else:
         func, consts = K.conv2d_requant_primfunc(layer.x_shape, "uint8", a["w"], a["bias"], a["x_zp"], layer.stride,
                                                  (0, 0), (1, 1), layer.groups, a["mult"], a["shift"], a["out_zp"],
-                                                 a["lo"], a["hi"], "uint8", target, plan=plan, threads=threads)
+                                                 a["lo"], a["hi"], "uint8", target, plan=plan, threads=threads,
+                                                 u8s8=u8s8)
     name = str(func.attrs["global_symbol"])
     ex = tvm.compile(func, target)
     out = tvm.runtime.tensor(np.zeros(layer.out_shape, np.uint8))
@@ -318,6 +320,7 @@ def parse_args(argv=None):
     p.add_argument("--real", action="store_true", help="use the quantized model's own layers and operands")
     p.add_argument("--sweep", action="store_true", help="time GEMM tilings for every pointwise layer")
     p.add_argument("--only", default="", help="comma-separated substrings of layer labels to keep")
+    p.add_argument("--u8s8", action="store_true", help="pointwise layers with the opt-in vpmaddubsw kernel (x86_u8s8)")
     return p.parse_args(argv)
 
 
@@ -347,7 +350,7 @@ def main(argv=None) -> None:
     ours, default = [], []
     start = time.perf_counter()
     for layer in layers:
-        ours.append(build_ours(layer, target, args.calls, threads=args.threads))
+        ours.append(build_ours(layer, target, args.calls, threads=args.threads, u8s8=args.u8s8))
         default.append(None if args.no_default else build_default(layer, target, 1))
     print(f"built in {time.perf_counter() - start:.0f} s", flush=True)
     ort = ort_session(args.threads) if args.ort else None

@@ -982,7 +982,8 @@ def conv2d_requant_primfunc(x_shape: Sequence[int], x_dtype: str, w: np.ndarray,
                             padding=(0, 0), dilation=(1, 1), groups: int = 1, mult=None, shift=None, out_zp: int = 0,
                             lo=0, hi=255, out_dtype: str = "uint8", target: Optional[tvm.target.Target] = None,
                             name: str = "conv2d_requant", plan: Optional[GemmPlan] = None,
-                            dw_opts: Optional[dict] = None, threads: Optional[int] = None):
+                            dw_opts: Optional[dict] = None, threads: Optional[int] = None,
+                            u8s8: Optional[bool] = None):
     """A fused conv2d + requantize PrimFunc, exact (``kernels.conv2d``) and scheduled for
     the x86 ``target`` (AVX2), and the constant arrays it takes.
 
@@ -1003,6 +1004,10 @@ def conv2d_requant_primfunc(x_shape: Sequence[int], x_dtype: str, w: np.ndarray,
     Requantize row: [bias − z·Σw, m, rounding term, shift, lo, hi, 0, 0] (see
     ``requant_constants``). ``threads``: runtime threads to plan for (default
     ``default_threads()``); ``plan`` / ``dw_opts``: override the tiling (benchmarks, tests).
+    ``u8s8=True``: for a uint8 pointwise conv (groups 1), the exact ``vpmaddubsw`` kernel of
+    ``x86_u8s8`` instead (consts: entry index, entry weights, block offsets, requantize
+    rows). It is off by default: on EfficientNet-Lite0 it is slower in the network
+    (docs/results.md).
     Raises ``ExactnessError`` when exactness cannot be guaranteed.
     """
     check_target(target)
@@ -1044,6 +1049,17 @@ def conv2d_requant_primfunc(x_shape: Sequence[int], x_dtype: str, w: np.ndarray,
         func, info = _depthwise(n, c, h, wd, x_dtype, w, stride, padding, dilation, int(x_zp), rq, int(out_zp),
                                 out_dtype, name, **(dw_opts or {}))
         return func.with_attr("qcompiler.kernel", info), [np.ascontiguousarray(w16.view(np.int32).reshape(o, kh, nq)), rq.rq]
+    if u8s8 and x_dtype == "uint8" and groups == 1 and kh == kw == 1 and stride == (1, 1) \
+            and padding == (0, 0, 0, 0):
+        from dataclasses import replace
+
+        from .x86_u8s8 import pointwise_u8s8
+
+        plan = replace(choose_plan(_cdiv(K, 4), ho * wo, o, n, threads or default_threads(), plan), mo=1)
+        rq = requant_constants(ch.bias, mult, shift, ch.lo, ch.hi, o, int(out_zp), out_dtype, ch.acc_bound,
+                               const=ch.const)
+        func, consts, info = pointwise_u8s8(n, c, h, wd, w.reshape(o, K), rq, int(out_zp), out_dtype, plan, name)
+        return func.with_attr("qcompiler.kernel", info), [*consts, rq.rq]
     plan = choose_plan(_cdiv(K, 2), ho * wo, og, n * groups, threads or default_threads(), plan)
     OB = _cdiv(og, plan.mo)
     rows = np.array([gg * og + r if r < og else -1 for gg in range(groups) for r in range(OB * plan.mo)])

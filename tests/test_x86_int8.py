@@ -58,7 +58,7 @@ def _run(func, consts, x, out_shape, out_dtype, target):
 
 def _check_conv(target, x_shape, w_shape, stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1, x_dtype="uint8",
                 out_dtype="uint8", shift_kind="fast", full_range=False, seed=0, plan=None, dw_opts=None, extremes=True,
-                kind=None):
+                kind=None, u8s8=None):
     rng = np.random.default_rng(seed)
     o = w_shape[0]
     k = int(np.prod(w_shape[1:]))
@@ -67,7 +67,7 @@ def _check_conv(target, x_shape, w_shape, stride=(1, 1), padding=(0, 0), dilatio
     p = _operands(rng, o, k, x_dtype, out_dtype, shift_kind, full_range)
     func, consts = K.conv2d_requant_primfunc(x_shape, x_dtype, w, p["bias"], p["x_zp"], stride, padding, dilation, groups,
                                              p["mult"], p["shift"], p["out_zp"], p["lo"], p["hi"], out_dtype, target,
-                                             plan=plan, dw_opts=dw_opts)
+                                             plan=plan, dw_opts=dw_opts, u8s8=u8s8)
     info = K.kernel_info(func)
     if kind is not None:
         assert info["kind"] == kind, info
@@ -96,8 +96,12 @@ def _check_conv(target, x_shape, w_shape, stride=(1, 1), padding=(0, 0), dilatio
 # ---------------------------------------------------------------- pointwise / GEMM
 
 
-def test_pointwise_auto_plan(target):
-    _check_conv(target, (1, 16, 12, 13), (96, 16, 1, 1), kind="pointwise")
+U8S8 = pytest.mark.parametrize("u8s8", [True, False], ids=["u8s8", "int16"])  # the opt-in vpmaddubsw kernel, and the default
+
+
+@U8S8
+def test_pointwise_auto_plan(target, u8s8):
+    _check_conv(target, (1, 16, 12, 13), (96, 16, 1, 1), kind="pointwise_u8s8" if u8s8 else "pointwise", u8s8=u8s8)
 
 
 def test_pointwise_odd_sizes_int8_mixed_shifts(target):
@@ -105,15 +109,44 @@ def test_pointwise_odd_sizes_int8_mixed_shifts(target):
                 kind="pointwise")
 
 
-def test_pointwise_reduction_blocks_and_remainders(target):
+@U8S8
+def test_pointwise_reduction_blocks_and_remainders(target, u8s8):
     # K = 601 (odd, several reduction blocks), O = 37, P = 49: every remainder path
-    info = _check_conv(target, (1, 601, 7, 7), (37, 601, 1, 1), plan=K.GemmPlan(2, 5, 0, 64, 0), full_range=True)
+    info = _check_conv(target, (1, 601, 7, 7), (37, 601, 1, 1), plan=K.GemmPlan(2, 5, 0, 64, 0), full_range=True,
+                       u8s8=u8s8)
     assert info["nkb"] > 1
 
 
-def test_pointwise_many_chunks_osplit(target):
-    info = _check_conv(target, (1, 24, 19, 23), (50, 24, 1, 1), plan=K.GemmPlan(6, 2, 32, 8, 3), shift_kind="small")
+@U8S8
+def test_pointwise_many_chunks_osplit(target, u8s8):
+    plan = K.GemmPlan(6, 2, 32, 4 if u8s8 else 8, 3)  # kb counts quads in u8s8, pairs otherwise
+    info = _check_conv(target, (1, 24, 19, 23), (50, 24, 1, 1), plan=plan, shift_kind="small", u8s8=u8s8)
     assert info["osplit"] == 3 and info["nkb"] > 1
+
+
+def test_u8s8_splits_exactly_the_pairs_that_could_saturate(target):
+    """vpmaddubsw sums u8×s8 pairs into saturating int16: a weight pair is kept whole only
+    when its same-sign magnitudes sum to at most 128 (255·128 fits int16, 255·129 does
+    not); every other pair is split into two safe halves. At the boundary, with x = 255
+    everywhere, the kernel is exact."""
+    from qcompiler.targets.x86_u8s8 import quad_entries
+
+    w = np.array([[64, 64, -64, -64, 65, 64, 0, 0, 127, -128, 0, 0]], np.int8)  # quads: safe, split, safe
+    index, weights, offsets, _ = quad_entries(w, kb=8)
+    assert list(index[0, :offsets[0, -1]]) == [0, 1, 1, 2]
+    halves = weights[0, 1:3].view(np.int8).reshape(2, 4)
+    assert (halves.sum(0) == w[0, 4:8]).all() and (np.abs(halves[:, :2]).sum(1) <= 128).all()
+    for sign in (1, -1):
+        x_shape, o = (1, 12, 3, 5), 1
+        x = np.full(x_shape, 255, np.uint8)
+        ww = (w.astype(np.int64) * sign).reshape(1, 12, 1, 1).clip(-128, 127).astype(np.int8)
+        mult, shift = np.full(o, 2**30), np.full(o, 40)
+        ref = kernels.conv2d(x, ww, np.zeros(o), 0, (1, 1), (0, 0), (1, 1), 1, mult, shift, 0, 0, 255)
+        func, consts = K.conv2d_requant_primfunc(x_shape, "uint8", ww, np.zeros(o), 0, (1, 1), (0, 0), (1, 1), 1, mult,
+                                                 shift, 0, 0, 255, "uint8", target, u8s8=True)
+        assert K.kernel_info(func)["kind"] == "pointwise_u8s8"
+        _, out = _run(func, consts, x, ref.shape, "uint8", target)
+        assert np.array_equal(out.numpy(), ref)
 
 
 def test_conv3x3_s1_padded(target):
@@ -211,8 +244,9 @@ def test_dense(target, x_shape, o, x_dtype, out_dtype, shift_kind):
 # ---------------------------------------------------------------- extremes and exactness limits
 
 
+@U8S8
 @pytest.mark.parametrize("sign", [1, -1])
-def test_worst_case_accumulation(target, sign):
+def test_worst_case_accumulation(target, sign, u8s8):
     """x all 255 (or all 0 with z = 255) against weights all ±127 over a long reduction: the
     largest |Σ (x − z)·w| the int32 accumulator must hold; any vpmaddubsw-style saturation
     or int16 overflow would show."""
@@ -226,7 +260,7 @@ def test_worst_case_accumulation(target, sign):
         x = np.full(x_shape, x_val, np.uint8)
         ref = kernels.conv2d(x, w, bias, x_zp, (1, 1), (0, 0), (1, 1), 1, mult, shift, 128, 0, 255)
         func, consts = K.conv2d_requant_primfunc(x_shape, "uint8", w, bias, x_zp, (1, 1), (0, 0), (1, 1), 1, mult, shift,
-                                                 128, 0, 255, "uint8", target)
+                                                 128, 0, 255, "uint8", target, u8s8=u8s8)
         _, out = _run(func, consts, x, ref.shape, "uint8", target)
         assert np.array_equal(out.numpy(), ref), (x_val, x_zp)
         if x_val != x_zp:

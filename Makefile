@@ -14,7 +14,8 @@ JOBS ?= 2
 
 .PHONY: demo test bench clean-venv
 
-$(STAMP): requirements.txt requirements-nodeps.txt pyproject.toml debian-packages.txt
+$(STAMP): requirements.txt requirements-nodeps.txt pyproject.toml debian-packages.txt scripts/setup-arm.sh \
+          targets/arm/runner.cc targets/arm/count_plugin.c
 	bash scripts/install-debian-packages.sh
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	# torch first, pinned: anything that would upgrade it is installed with --no-deps.
@@ -23,6 +24,8 @@ $(STAMP): requirements.txt requirements-nodeps.txt pyproject.toml debian-package
 	$(PIP) install -q --no-deps -r requirements-nodeps.txt
 	$(PIP) install -q --no-deps --no-build-isolation -e .
 	$(PY) -c "import torch; assert torch.__version__.startswith('2.13.0'), torch.__version__"
+	# the arm_cpu target's tools: aarch64 TVM runtime, runner, instruction-counting plugin
+	bash scripts/setup-arm.sh
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -5,7 +5,7 @@
 #   - runner: targets/arm/runner.cc cross-built for aarch64 (runs an exported library);
 #   - libcount.so: targets/arm/count_plugin.c, the QEMU plugin that counts instructions.
 # Needs the Debian packages qemu-user, g++-aarch64-linux-gnu and gcc.
-# Status: issue 6 groundwork; not yet called by `make test` (no test uses it yet).
+# Called by the Makefile's set-up (make test / make demo); tests/test_arm_cpu.py uses it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=build/arm

@@ -48,6 +48,9 @@ class TargetInfo:
 TARGETS: dict[str, TargetInfo] = {
     "host": TargetInfo("host", "this machine's CPU (LLVM, x86-64), run in-process through TVM's Relax VM",
                        host_scheme, "qcompiler.targets.host:compile_host"),
+    "arm_cpu": TargetInfo("arm_cpu", "aarch64 Cortex-A76 class (NEON + dotprod), cross-built and run here under "
+                          "qemu-aarch64 (needs scripts/setup-arm.sh; generic lowering, no sdot schedules yet)",
+                          host_scheme, "qcompiler.targets.arm_cpu:compile_arm"),
 }
 
 

@@ -33,7 +33,7 @@ from qcompiler.errors import QCompilerError
 from .cpu_schedule import cpu_pipeline
 from .lower import lower
 
-__all__ = ["ArmVariant", "ARM_VARIANTS", "arm_target", "compile_arm", "ArmRuntime", "ArmToolsError", "tools_dir"]
+__all__ = ["ArmVariant", "ARM_VARIANTS", "arm_target", "compile_arm", "build_arm", "ArmRuntime", "ArmToolsError", "tools_dir"]
 
 
 class ArmToolsError(QCompilerError):
@@ -176,21 +176,32 @@ def compile_arm(program: fx.GraphModule, example_inputs: Any, variant: str = "ar
     """Lower ``program``, build it for the aarch64 ``variant`` and export the library
     (cross-compiled); the returned runtime runs it under qemu. ``threads`` is accepted for
     the target API; runs are single-threaded."""
-    from tvm.support import cc
-
     from .host import _out_spec
 
     _require_tools()
     if isinstance(example_inputs, (torch.Tensor, np.ndarray)):
         example_inputs = (example_inputs,)
     start = time.perf_counter()
-    mod = relax.transform.DeadCodeElimination()(lower(program, example_inputs))
+    runtime = build_arm(lower(program, example_inputs), variant)
+    runtime.out_spec = _out_spec(program)
+    runtime.build_seconds = time.perf_counter() - start
+    return runtime
+
+
+def build_arm(mod: tvm.IRModule, variant: str = "arm_cpu") -> ArmRuntime:
+    """Build a Relax module (function "main") for the aarch64 ``variant`` with the CPU
+    pipeline, export it with the cross compiler and return its runtime."""
+    from tvm.support import cc
+
+    _require_tools()
+    start = time.perf_counter()
+    mod = relax.transform.DeadCodeElimination()(mod)
     target = arm_target(variant)
     executable = tvm.compile(mod, target, relax_pipeline=cpu_pipeline(target))
     folder = Path(tempfile.mkdtemp(prefix="qcompiler-arm-lib-"))
     library = folder / "model.so"
     executable.export_library(str(library), fcompile=cc.cross_compiler(CROSS_CXX))
     input_types = [(tuple(int(s) for s in p.ty.shape), str(p.ty.dtype.dtype)) for p in mod["main"].params]
-    runtime = ArmRuntime(library, input_types, ARM_VARIANTS[variant], time.perf_counter() - start, _out_spec(program))
+    runtime = ArmRuntime(library, input_types, ARM_VARIANTS[variant], time.perf_counter() - start)
     weakref.finalize(runtime, shutil.rmtree, folder, True)  # the library lives as long as its runtime
     return runtime

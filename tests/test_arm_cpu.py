@@ -54,3 +54,49 @@ def test_missing_tools_are_named_with_the_fix(every_op_arm, tmp_path, monkeypatc
     monkeypatch.setenv("QCOMPILER_ARM_TOOLS", str(tmp_path))
     with pytest.raises(ArmToolsError, match=r"runner.*scripts/setup-arm\.sh"):
         compile_arm(qm.program, (x,))
+
+
+def _sdot_module(pixels: int):
+    """out[p] = Σ_j x[4p + j]·w[j] with one sdot per 4 pixels (int8 × int8 → int32)."""
+    import tvm
+    from tvm import relax
+    from tvm.script import tirx as T
+
+    @T.prim_func
+    def dot(x: T.Buffer((pixels * 4,), "int8"), w: T.Buffer((4,), "int8"), out: T.Buffer((pixels,), "int32")):
+        T.func_attr({"tir.noalias": True})
+        wv = T.reinterpret("int8x16", T.broadcast(T.reinterpret("int32", w[T.ramp(0, 1, 4)]), 4))
+        for v in range(pixels // 4):
+            out[T.ramp(v * 4, 1, 4)] = T.call_llvm_pure_intrin(
+                "int32x4", "llvm.aarch64.neon.sdot.v4i32.v16i8", T.broadcast(T.int32(0), 4), x[T.ramp(v * 16, 1, 16)], wv)
+
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((pixels * 4,), "int8"))
+    w = relax.Var("w", relax.TensorType((4,), "int8"))
+    with bb.function("main", [x, w]):
+        with bb.dataflow():
+            y = bb.emit(relax.call_tir(bb.add_func(dot, "dot"), [x, w], relax.TensorType((pixels,), "int32")))
+            out = bb.emit_output(relax.Tuple([y]))
+        bb.emit_func_output(out)
+    return bb.get()
+
+
+def test_sdot_is_counted_exact_and_refused_by_a_cpu_without_dotprod():
+    """The counter's sdot class on real sdot code: exactly one executed sdot per 4 pixels;
+    int8 extremes are exact (sdot accumulates in int32, no saturation); a Cortex-A53
+    (no dotprod) stops with SIGILL, reported as an ArmToolsError naming the signal."""
+    from qcompiler.targets.arm_cpu import ARM_VARIANTS, ArmVariant, build_arm
+
+    pixels = 64
+    runtime = build_arm(_sdot_module(pixels))
+    rng = np.random.default_rng(0)
+    x = rng.integers(-128, 128, pixels * 4).astype(np.int8)
+    x[:16] = -128
+    w = np.array([-128, -128, 127, -128], np.int8)
+    (got,) = runtime.run(x, w)
+    assert np.array_equal(got, (x.reshape(pixels, 4).astype(np.int64) * w).sum(1))
+    counts = runtime.count(x, w)
+    assert counts["sdot"] == pixels // 4
+    runtime.variant = ArmVariant("a53", "cortex-a53", ARM_VARIANTS["arm_cpu"].mattr, "cortex-a53")
+    with pytest.raises(ArmToolsError, match="signal 4"):
+        runtime.run(x, w)

@@ -44,7 +44,7 @@ static bool enabled;
 static int markers_seen;
 
 static int classify(uint32_t i) {
-    if ((i & 0xBF20FC00) == 0x0E809400 || (i & 0xBF20FC00) == 0x2E809400) return DOT; /* sdot/udot (vector) */
+    if ((i & 0xBFE0FC00) == 0x0E809400 || (i & 0xBFE0FC00) == 0x2E809400) return DOT; /* sdot/udot (vector) */
     if ((i & 0xBFC0F400) == 0x0F80E000 || (i & 0xBFC0F400) == 0x2F80E000) return DOT; /* sdot/udot (element) */
     if ((i & 0xFFE0FC00) == 0x4E80A400 || (i & 0xFFE0FC00) == 0x6E80A400 || (i & 0xFFE0FC00) == 0x4E80AC00) return MMLA;
     if (((i >> 25) & 0x7) == 0x7) return SIMD;   /* data processing, SIMD & FP */

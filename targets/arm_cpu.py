@@ -31,6 +31,7 @@ from tvm import relax
 from qcompiler.errors import QCompilerError
 
 from .cpu_schedule import cpu_pipeline
+from .host import _out_spec, function_input_types, input_array, output_structure
 from .lower import lower
 
 __all__ = ["ArmVariant", "ARM_VARIANTS", "arm_target", "compile_arm", "build_arm", "ArmRuntime", "ArmToolsError", "tools_dir"]
@@ -115,15 +116,8 @@ class ArmRuntime:
         with tempfile.TemporaryDirectory(prefix="qcompiler-arm-") as tmp:
             files = []
             for i, (value, (shape, dtype)) in enumerate(zip(inputs, self.input_types)):
-                array = value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
-                if tuple(array.shape) != shape:
-                    raise QCompilerError(f"input {i} has shape {tuple(array.shape)}, but the program was built for {shape}")
-                if array.dtype != np.dtype(dtype):
-                    if not (np.issubdtype(array.dtype, np.floating) and np.issubdtype(np.dtype(dtype), np.floating)):
-                        raise QCompilerError(f"input {i} has dtype {array.dtype}, but the program was built for {dtype}")
-                    array = array.astype(dtype)
                 path = Path(tmp) / f"in{i}.bin"
-                np.ascontiguousarray(array).tofile(path)
+                input_array(i, value, shape, dtype).tofile(path)
                 files.append(path)
             prefix = Path(tmp) / "out"
             proc = subprocess.run(self._command(files, prefix, plugin), capture_output=True, text=True)
@@ -142,12 +136,7 @@ class ArmRuntime:
         return self._execute(inputs)[0]
 
     def __call__(self, *inputs: Any) -> Any:
-        leaves = [torch.from_numpy(a) for a in self.run(*inputs)]
-        if self.out_spec is None:
-            return tuple(leaves)
-        from torch.utils._pytree import tree_unflatten
-
-        return tree_unflatten(leaves, self.out_spec)
+        return output_structure(self.run(*inputs), self.out_spec)
 
     def count(self, *inputs: Any) -> dict[str, int]:
         """Instructions executed by the call (between the runner's markers), by class:
@@ -176,9 +165,6 @@ def compile_arm(program: fx.GraphModule, example_inputs: Any, variant: str = "ar
     """Lower ``program``, build it for the aarch64 ``variant`` and export the library
     (cross-compiled); the returned runtime runs it under qemu. ``threads`` is accepted for
     the target API; runs are single-threaded."""
-    from .host import _out_spec
-
-    _require_tools()
     if isinstance(example_inputs, (torch.Tensor, np.ndarray)):
         example_inputs = (example_inputs,)
     start = time.perf_counter()
@@ -201,7 +187,6 @@ def build_arm(mod: tvm.IRModule, variant: str = "arm_cpu") -> ArmRuntime:
     folder = Path(tempfile.mkdtemp(prefix="qcompiler-arm-lib-"))
     library = folder / "model.so"
     executable.export_library(str(library), fcompile=cc.cross_compiler(CROSS_CXX))
-    input_types = [(tuple(int(s) for s in p.ty.shape), str(p.ty.dtype.dtype)) for p in mod["main"].params]
-    runtime = ArmRuntime(library, input_types, ARM_VARIANTS[variant], time.perf_counter() - start)
+    runtime = ArmRuntime(library, function_input_types(mod["main"]), ARM_VARIANTS[variant], time.perf_counter() - start)
     weakref.finalize(runtime, shutil.rmtree, folder, True)  # the library lives as long as its runtime
     return runtime

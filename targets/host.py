@@ -54,6 +54,40 @@ def use_threads(n: int) -> None:
         _THREADS_IN_USE[0] = n
 
 
+def input_array(i: int, value: Any, shape: tuple, dtype: str) -> np.ndarray:
+    """Input ``i`` (numpy array or torch tensor) as a contiguous numpy array of the built
+    program's ``shape`` and ``dtype``: floats are cast to a float dtype; any other mismatch
+    is an error that says what was expected."""
+    if isinstance(value, torch.Tensor):
+        value = value.detach().cpu().numpy()
+    value = np.asarray(value)
+    if tuple(value.shape) != shape:
+        raise QCompilerError(f"input {i} has shape {tuple(value.shape)}, but the program was built for {shape} "
+                             f"(static shapes: lower and build again with an example input of this shape)")
+    if value.dtype != np.dtype(dtype):
+        if np.issubdtype(value.dtype, np.floating) and np.issubdtype(np.dtype(dtype), np.floating):
+            value = value.astype(dtype)
+        else:
+            raise QCompilerError(f"input {i} has dtype {value.dtype}, but the program was built for {dtype}")
+    return np.ascontiguousarray(value)
+
+
+def function_input_types(func: relax.Function) -> list[tuple[tuple[int, ...], str]]:
+    """(shape, dtype) of each parameter of a lowered Relax function (static shapes)."""
+    return [(tuple(int(s) for s in p.ty.shape), str(p.ty.dtype.dtype)) for p in func.params]
+
+
+def output_structure(arrays: list[np.ndarray], out_spec: Any) -> Any:
+    """The output leaves as torch tensors, in the program's output structure (a tuple
+    when ``out_spec`` is None)."""
+    leaves = [torch.from_numpy(a) for a in arrays]
+    if out_spec is None:
+        return tuple(leaves)
+    from torch.utils._pytree import tree_unflatten
+
+    return tree_unflatten(leaves, out_spec)
+
+
 class BuildError(QCompilerError):
     """TVM failed to build a lowered program (the TVM error is chained beneath)."""
 
@@ -111,22 +145,10 @@ class HostRuntime:
         self.device = tvm.cpu()
         self.threads = int(threads or os.environ.get("TVM_NUM_THREADS") or available_cpus())
         self.vm = relax.VirtualMachine(loaded if loaded is not None else executable.jit(), self.device)
-        self.input_types = [(tuple(int(s) for s in p.ty.shape), str(p.ty.dtype.dtype)) for p in mod[function].params]
+        self.input_types = function_input_types(mod[function])
 
     def _input(self, i: int, value: Any) -> tvm.runtime.Tensor:
-        shape, dtype = self.input_types[i]
-        if isinstance(value, torch.Tensor):
-            value = value.detach().cpu().numpy()
-        value = np.asarray(value)
-        if tuple(value.shape) != shape:
-            raise QCompilerError(f"input {i} has shape {tuple(value.shape)}, but the program was built for {shape} "
-                                 f"(static shapes: lower and build again with an example input of this shape)")
-        if value.dtype != np.dtype(dtype):
-            if np.issubdtype(value.dtype, np.floating) and np.issubdtype(np.dtype(dtype), np.floating):
-                value = value.astype(dtype)
-            else:
-                raise QCompilerError(f"input {i} has dtype {value.dtype}, but the program was built for {dtype}")
-        return tvm.runtime.tensor(np.ascontiguousarray(value), self.device)
+        return tvm.runtime.tensor(input_array(i, value, *self.input_types[i]), self.device)
 
     def run(self, *inputs: Any) -> list[np.ndarray]:
         if len(inputs) != len(self.input_types):
@@ -136,12 +158,7 @@ class HostRuntime:
         return [o.numpy() for o in out]
 
     def __call__(self, *inputs: Any) -> Any:
-        leaves = [torch.from_numpy(a) for a in self.run(*inputs)]
-        if self.out_spec is None:
-            return tuple(leaves)
-        from torch.utils._pytree import tree_unflatten
-
-        return tree_unflatten(leaves, self.out_spec)
+        return output_structure(self.run(*inputs), self.out_spec)
 
     def export_library(self, path: str) -> None:
         """Write the built program as a shared library (load it with

@@ -1,16 +1,18 @@
 """The arm_cpu target (targets/arm_cpu.py): aarch64 code, run under qemu-aarch64 by the
 project's runner, equal to the interpreter bit for bit; instruction counts reproducible.
 Needs the set-up's tools (scripts/setup-arm.sh, run by `make test`)."""
+import re
+import subprocess
+
 import numpy as np
 import pytest
 import torch
-from torch.utils._pytree import tree_leaves
 
 import qcompiler
 from qcompiler.targets.arm_cpu import ArmToolsError, compile_arm
 
 from test_integer_program import ALL_INTEGER_OPS, EveryOp
-from test_lower_host import integer_ops
+from test_lower_host import assert_bit_exact, integer_ops
 
 
 @pytest.fixture(scope="module")
@@ -26,12 +28,7 @@ def test_every_integer_op_is_bit_exact_under_qemu(every_op_arm):
     qm, x, runtime = every_op_arm
     gen = torch.Generator().manual_seed(5)
     for i, probe in enumerate([x, torch.randn(x.shape, generator=gen) * 10, torch.full(x.shape, 1e6), torch.zeros(x.shape)]):
-        reference = [t.numpy() for t in tree_leaves(qm.interpret(probe))]
-        built = runtime.run(probe)
-        assert len(built) == len(reference)
-        for r, b in zip(reference, built):
-            assert r.dtype == b.dtype and r.shape == b.shape
-            assert np.array_equal(r, b), f"probe {i}: {int((r != b).sum())} of {r.size} differ"
+        assert_bit_exact(qm, runtime, (probe,), f"probe {i}")
 
 
 def test_instruction_counts_are_exactly_reproducible(every_op_arm):
@@ -82,7 +79,8 @@ def _sdot_module(pixels: int):
 
 
 def test_sdot_is_counted_exact_and_refused_by_a_cpu_without_dotprod():
-    """The counter's sdot class on real sdot code: exactly one executed sdot per 4 pixels;
+    """The counter's sdot class on real sdot code: exactly one executed sdot per 4 pixels
+    (and sdot in the library's disassembly);
     int8 extremes are exact (sdot accumulates in int32, no saturation); a Cortex-A53
     (no dotprod) stops with SIGILL, reported as an ArmToolsError naming the signal."""
     from qcompiler.targets.arm_cpu import ARM_VARIANTS, ArmVariant, build_arm
@@ -97,6 +95,9 @@ def test_sdot_is_counted_exact_and_refused_by_a_cpu_without_dotprod():
     assert np.array_equal(got, (x.reshape(pixels, 4).astype(np.int64) * w).sum(1))
     counts = runtime.count(x, w)
     assert counts["sdot"] == pixels // 4
+    listing = subprocess.run(["aarch64-linux-gnu-objdump", "-d", str(runtime.library)], capture_output=True, text=True,
+                             check=True).stdout
+    assert re.search(r"\bsdot\s+v\d+\.4s", listing)
     runtime.variant = ArmVariant("a53", "cortex-a53", ARM_VARIANTS["arm_cpu"].mattr, "cortex-a53")
     with pytest.raises(ArmToolsError, match="signal 4"):
         runtime.run(x, w)

@@ -9,7 +9,7 @@ from .errors import CaptureError, GraphError, PassError, PassOrderError, QCompil
 from .pass_manager import (Pass, PassContext, PassManager, PassReport, PassResult, get_pass, order_passes,
                            register_pass, run_passes)
 from .verify import count_ops, verify_graph
-from .scheme import QuantScheme, QuantSpec, SchemeError, activation_spec, host_scheme, weight_spec
+from .scheme import QuantScheme, QuantSpec, SchemeError, activation_spec, arm_scheme, host_scheme, weight_spec
 from .quantize import QuantizedModel, from_pt2e, quantize
 from .compiled import CompiledModel, qcompile
 
@@ -18,7 +18,7 @@ FLOAT_PASSES = ["fold_bn", "equalize"]
 __all__ = [
     "capture", "Pass", "PassContext", "PassManager", "PassReport", "PassResult", "register_pass", "run_passes",
     "get_pass", "order_passes", "verify_graph", "count_ops", "FLOAT_PASSES",
-    "quantize", "qcompile", "CompiledModel", "from_pt2e", "QuantizedModel", "QuantScheme", "QuantSpec", "SchemeError", "host_scheme", "weight_spec", "activation_spec",
+    "quantize", "qcompile", "CompiledModel", "from_pt2e", "QuantizedModel", "QuantScheme", "QuantSpec", "SchemeError", "host_scheme", "arm_scheme", "weight_spec", "activation_spec",
     "QCompilerError", "CaptureError", "PassError", "PassOrderError", "GraphError",
 ]
 

@@ -145,3 +145,11 @@ def host_scheme() -> QuantScheme:
     """The host default: int8 symmetric per-channel weights, uint8 affine per-tensor
     activations, int32 bias, activations fused, no float fallback."""
     return QuantScheme()
+
+
+def arm_scheme() -> QuantScheme:
+    """The arm_cpu default: int8 symmetric per-channel weights and **int8** affine
+    per-tensor activations (TFLite's choice on ARM), int32 bias, activations fused. The
+    sdot kernels multiply int8 by int8, so int8 activations go in as they are; uint8 ones
+    (the host scheme) are flipped by −128 where the kernels pack them, which is also exact."""
+    return QuantScheme(activations=activation_spec(8, signed=True))

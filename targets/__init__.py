@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from qcompiler.errors import QCompilerError, did_you_mean
-from qcompiler.scheme import QuantScheme, host_scheme
+from qcompiler.scheme import QuantScheme, arm_scheme, host_scheme
 
 
 class TargetError(QCompilerError):
@@ -31,6 +31,7 @@ class TargetInfo:
         ``threads``) and returning a runtime with
         ``run(*arrays) -> list[np.ndarray]``, ``input_types`` and ``export_library(path)``.
     library_suffix: file name suffix of the exported library.
+    options: fixed keyword arguments of the builder (e.g. the arm variant).
     """
 
     name: str
@@ -38,19 +39,23 @@ class TargetInfo:
     scheme: Callable[[], QuantScheme]
     builder: str
     library_suffix: str = ".so"
+    options: tuple[tuple[str, Any], ...] = ()
 
     def build(self, program: Any, example_inputs: Any, **options: Any) -> Any:
         module, function = self.builder.split(":")
-        options = {k: v for k, v in options.items() if v is not None}
+        options = {**dict(self.options), **{k: v for k, v in options.items() if v is not None}}
         return getattr(importlib.import_module(module), function)(program, example_inputs, **options)
 
 
 TARGETS: dict[str, TargetInfo] = {
     "host": TargetInfo("host", "this machine's CPU (LLVM, x86-64), run in-process through TVM's Relax VM",
                        host_scheme, "qcompiler.targets.host:compile_host"),
-    "arm_cpu": TargetInfo("arm_cpu", "aarch64 Cortex-A76 class (NEON + dotprod), cross-built and run here under "
-                          "qemu-aarch64 (needs scripts/setup-arm.sh; generic lowering, no sdot schedules yet)",
-                          host_scheme, "qcompiler.targets.arm_cpu:compile_arm"),
+    "arm_cpu": TargetInfo("arm_cpu", "aarch64 Cortex-A76 class (NEON + dotprod): our sdot kernels, cross-built and run "
+                          "here under qemu-aarch64 -cpu cortex-a76 (needs scripts/setup-arm.sh)",
+                          arm_scheme, "qcompiler.targets.arm_cpu:compile_arm", options=(("variant", "arm_cpu"),)),
+    "arm_cpu_a53": TargetInfo("arm_cpu_a53", "aarch64 Cortex-A53 class (NEON, no dotprod): TVM's generic kernels, "
+                              "run under qemu-aarch64 -cpu cortex-a53", arm_scheme,
+                              "qcompiler.targets.arm_cpu:compile_arm", options=(("variant", "arm_cpu_a53"),)),
 }
 
 

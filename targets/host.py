@@ -9,10 +9,11 @@ Equal bit for bit to ``qm.interpret(x)`` (tests/test_lower_host.py).
 """
 from __future__ import annotations
 
+import importlib
 import os
 import time
 from functools import lru_cache
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 import torch
@@ -207,27 +208,29 @@ def _out_spec(program: fx.GraphModule) -> Any:
 # ---------------------------------------------------------------- scheduled kernels
 
 
-def _scheduled(kernel: str, generic: str, threads: Optional[int] = None):
-    """A lowering that emits our exact AVX2 kernel (targets/x86_int8.py) for the op, and the
-    generic lowering where the kernel cannot guarantee exactness (ExactnessError) or the
-    CPU has no AVX2. ``threads``: the runtime thread count conv kernels are tiled for
-    (default ``x86_int8.default_threads()``)."""
+def scheduled_lowering(kernels: str, kernel: str, generic: str, target: Callable[[], tvm.target.Target],
+                       options: Optional[dict] = None, available: Callable[[], bool] = lambda: True):
+    """A lowering that emits a kernel of ours for the op: ``kernel`` (e.g.
+    "conv2d_requant_primfunc") of the module ``kernels`` (targets/x86_int8.py,
+    targets/arm_int8.py: same API) built for ``target()``; and the generic lowering
+    ``generic`` where the kernel cannot guarantee exactness (its ExactnessError) or
+    ``available()`` is false (e.g. a host without AVX2). ``options`` go to conv kernels
+    (e.g. ``threads``)."""
     def lowering(ctx: LowerContext, node: fx.Node, args: tuple, kwargs: dict):
-        from . import x86_int8
-
-        if not host_has_avx2():
+        module = importlib.import_module(f"{__package__}.{kernels}")
+        if not available():
             return LOWERINGS[generic](ctx, node, args, kwargs)
         x = ctx.expr(args[0])
         params = [np.asarray(a) if isinstance(a, np.ndarray) else a for a in args[1:-1]]
         if generic == "conv2d":
             x, params[PADDING_PARAM] = _fold_zero_point_pad(ctx, node, x, params[PADDING_PARAM], params[X_ZP_PARAM])
-        options = {"threads": threads} if generic == "conv2d" and threads else {}
+        extra = {k: v for k, v in (options or {}).items() if v is not None} if generic == "conv2d" else {}
         try:
-            func, consts = getattr(x86_int8, kernel)(ctx.shape(x), ctx.dtype(x), *params, out_dtype=_dtype_name(args[-1]),
-                                                     target=host_target(), **options)
-        except x86_int8.ExactnessError:
+            func, consts = getattr(module, kernel)(ctx.shape(x), ctx.dtype(x), *params, out_dtype=_dtype_name(args[-1]),
+                                                   target=target(), **extra)
+        except module.ExactnessError:
             return LOWERINGS[generic](ctx, node, args, kwargs)
-        return x86_int8.emit_call_tir(ctx.bb, func, consts, x, name_hint=f"{generic}_{node.name}")
+        return module.emit_call_tir(ctx.bb, func, consts, x, name_hint=f"{generic}_{node.name}")
     return lowering
 
 
@@ -272,8 +275,8 @@ def host_lowerings(threads: Optional[int] = None) -> dict:
     """The host's own lowerings: our scheduled kernels for the ops that carry the MACs,
     tiled for ``threads`` runtime threads."""
     return {
-        "conv2d": _scheduled("conv2d_requant_primfunc", "conv2d", threads),
-        "linear": _scheduled("linear_requant_primfunc", "linear", threads),
+        op: scheduled_lowering("x86_int8", f"{op}_requant_primfunc", op, host_target, {"threads": threads}, host_has_avx2)
+        for op in ("conv2d", "linear")
     }
 
 

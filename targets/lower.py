@@ -785,12 +785,14 @@ def _input_type(example: Any) -> relax.TensorType:
 
 
 def lower(program: fx.GraphModule, example_inputs: Any, name: str = "main",
-          target_lowerings: Optional[dict] = None) -> tvm.IRModule:
+          target_lowerings: Optional[dict] = None, into: Optional[tvm.IRModule] = None) -> tvm.IRModule:
     """Lower ``program`` (an integer program, ``QuantizedModel.program``) to a Relax
     IRModule whose function ``name`` takes the program's placeholders (shapes and dtypes
     of ``example_inputs``: tensors, arrays, or shapes meaning float32) and returns the
     tuple of the program's output leaves. ``target_lowerings``: a target's own lowerings
-    (e.g. scheduled kernels), used before the generic ones. Raises LoweringError listing
+    (e.g. scheduled kernels), used before the generic ones. ``into``: a module to add the
+    function to (several programs in one build; kernels get names unique in it), returned
+    with it. Raises LoweringError listing
     every node with no lowering; static shapes only."""
     if isinstance(example_inputs, (torch.Tensor, np.ndarray)):
         example_inputs = (example_inputs,)
@@ -801,7 +803,9 @@ def lower(program: fx.GraphModule, example_inputs: Any, name: str = "main",
     if missing:
         raise _missing_error(missing)
 
-    bb = relax.BlockBuilder()
+    if into is not None and name in [gv.name_hint for gv in into.functions]:
+        raise LoweringError(f"the module already has a function {name!r}")
+    bb = relax.BlockBuilder(into)
     ctx = LowerContext(program, bb)
     params = [relax.Var(p.name, _input_type(e)) for p, e in zip(placeholders, example_inputs)]
 

@@ -1,6 +1,7 @@
 """The arm_cpu target (targets/arm_cpu.py): aarch64 code, run under qemu-aarch64 by the
 project's runner, equal to the interpreter bit for bit; instruction counts reproducible.
 Needs the set-up's tools (scripts/setup-arm.sh, run by `make test`)."""
+import os
 import re
 import subprocess
 
@@ -8,11 +9,18 @@ import numpy as np
 import pytest
 import torch
 
+import tvm
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 import qcompiler
-from qcompiler.targets.arm_cpu import ArmToolsError, compile_arm
+from qcompiler.scheme import arm_scheme, host_scheme
+from qcompiler.targets.arm_cpu import ArmToolsError, arm_lowerings, build_arm, compile_arm, run_calls
+from qcompiler.targets.lower import lower
+from qcompiler.testing import float_models
 
 from test_integer_program import ALL_INTEGER_OPS, EveryOp
-from test_lower_host import assert_bit_exact, integer_ops
+from test_lower_host import assert_bit_exact, assert_equals_interpreter, integer_ops
 
 
 @pytest.fixture(scope="module")
@@ -81,9 +89,12 @@ def _sdot_module(pixels: int):
 def test_sdot_is_counted_exact_and_refused_by_a_cpu_without_dotprod():
     """The counter's sdot class on real sdot code: exactly one executed sdot per 4 pixels
     (and sdot in the library's disassembly);
-    int8 extremes are exact (sdot accumulates in int32, no saturation); a Cortex-A53
-    (no dotprod) stops with SIGILL, reported as an ArmToolsError naming the signal."""
-    from qcompiler.targets.arm_cpu import ARM_VARIANTS, ArmVariant, build_arm
+    int8 extremes are exact (sdot accumulates in int32, no saturation). A variant asking
+    for dotprod on a Cortex-A53 is refused when it is made; run there anyway, the library
+    stops with SIGILL, reported as an ArmToolsError naming the signal and the feature."""
+    import dataclasses
+
+    from qcompiler.targets.arm_cpu import ARM_VARIANTS, ArmTargetError, ArmVariant, build_arm
 
     pixels = 64
     runtime = build_arm(_sdot_module(pixels))
@@ -98,6 +109,70 @@ def test_sdot_is_counted_exact_and_refused_by_a_cpu_without_dotprod():
     listing = subprocess.run(["aarch64-linux-gnu-objdump", "-d", str(runtime.library)], capture_output=True, text=True,
                              check=True).stdout
     assert re.search(r"\bsdot\s+v\d+\.4s", listing)
-    runtime.variant = ArmVariant("a53", "cortex-a53", ARM_VARIANTS["arm_cpu"].mattr, "cortex-a53")
-    with pytest.raises(ArmToolsError, match="signal 4"):
+    with pytest.raises(ArmTargetError, match=r"cortex-a53 has no dotprod.*SIGILL.*'arm_cpu_a53'"):
+        ArmVariant("a53", "cortex-a53", ARM_VARIANTS["arm_cpu"].mattr, "cortex-a53")
+    on_a53 = dataclasses.replace(ARM_VARIANTS["arm_cpu"])
+    object.__setattr__(on_a53, "qemu_cpu", "cortex-a53")  # what checking at construction prevents
+    runtime.variant = on_a53
+    with pytest.raises(ArmToolsError, match=r"signal 4.*illegal instruction.*dotprod"):
         runtime.run(x, w)
+
+
+# ---------------------------------------------------------------- generated models
+
+
+# Twenty models to one aarch64 library (one tvm.compile, one qemu process for all their
+# calls). QCOMPILER_ARM_MODELS sets how many in all (default 100, split over two tests).
+ARM_MODELS_PER_BUILD = 20
+ARM_MODELS = int(os.environ.get("QCOMPILER_ARM_MODELS", "100"))
+
+
+def check_generated_models_on_arm(cases) -> None:
+    """Every model, quantized with int8 activations (arm_scheme) or uint8 ones (host_scheme,
+    alternately), built into one library; each run on its calibration input and on random
+    inputs at 1× and 4× its scale (clipping too), all equal to the interpreter."""
+    schemes = (arm_scheme(), host_scheme())
+    qms = [qcompiler.quantize(c.model, c.inputs, calibration=[c.inputs], scheme=schemes[k % 2]) for k, c in enumerate(cases)]
+    mod = tvm.IRModule()
+    for k, (qm, case) in enumerate(zip(qms, cases)):
+        mod = lower(qm.program, case.inputs, name=f"m{k}", target_lowerings=arm_lowerings("arm_cpu"), into=mod)
+    library = build_arm(mod)
+    gen = torch.Generator().manual_seed(0)
+    calls, checks = [], []
+    for k, (case, qm) in enumerate(zip(cases, qms)):
+        runtime = library.for_function(f"m{k}")
+        probes = [case.inputs] + [tuple(torch.randn(t.shape, generator=gen) * s * t.std().clamp_min(1.0) for t in case.inputs)
+                                  for s in (1.0, 4.0)]
+        for p, probe in enumerate(probes):
+            calls.append((runtime, probe))
+            checks.append((qm, probe, f"model {k} ({qm.scheme.activations.describe()}), probe {p}"))
+    outputs, _ = run_calls(calls)
+    for (qm, probe, what), built in zip(checks, outputs):
+        assert_equals_interpreter(qm, built, probe, what)
+
+
+def generated_arm_models(test):
+    models = st.lists(float_models(), min_size=ARM_MODELS_PER_BUILD, max_size=ARM_MODELS_PER_BUILD)
+    return settings(max_examples=max(1, ARM_MODELS // (2 * ARM_MODELS_PER_BUILD)), deadline=None)(given(models)(test))
+
+
+@generated_arm_models
+def test_generated_models_are_bit_exact_on_arm(cases):
+    check_generated_models_on_arm(cases)
+
+
+@generated_arm_models
+def test_more_generated_models_are_bit_exact_on_arm(cases):
+    check_generated_models_on_arm(cases)
+
+
+def test_the_a53_variant_runs_on_a_cpu_without_dotprod(every_op_arm):
+    """target="arm_cpu_a53": built for a Cortex-A53 (NEON only), run under qemu -cpu
+    cortex-a53, equal to the interpreter; no dotprod instruction anywhere in the library."""
+    qm, x, _ = every_op_arm
+    cm = qm.compile("arm_cpu_a53")
+    assert cm.runtime.variant.qemu_cpu == "cortex-a53" and "dotprod" not in cm.runtime.variant.features
+    assert_bit_exact(qm, cm.runtime, (x,), "a53")
+    listing = subprocess.run(["aarch64-linux-gnu-objdump", "-d", str(cm.runtime.library)], capture_output=True,
+                             text=True, check=True).stdout
+    assert "\tsdot\t" not in listing and "\tudot\t" not in listing and "\tsmmla\t" not in listing

@@ -21,8 +21,12 @@ from test_integer_program import ALL_INTEGER_OPS, EveryOp
 
 
 def assert_bit_exact(qm, runtime: HostRuntime, inputs: tuple, what: str = ""):
+    assert_equals_interpreter(qm, runtime.run(*inputs), inputs, what)
+
+
+def assert_equals_interpreter(qm, built: list, inputs: tuple, what: str = ""):
+    """``built`` (a build's output arrays for ``inputs``) equals the interpreter bit for bit."""
     reference = [t.numpy() for t in tree_leaves(qm.interpret(*inputs))]
-    built = runtime.run(*inputs)
     assert len(built) == len(reference)
     for i, (r, b) in enumerate(zip(reference, built)):
         assert r.dtype == b.dtype and r.shape == b.shape, f"{what} output {i}: {b.dtype}{b.shape} vs {r.dtype}{r.shape}"

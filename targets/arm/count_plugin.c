@@ -5,7 +5,11 @@
  * QEMU's plugin header is not packaged by Debian: the few declarations needed from QEMU's
  * documented plugin API (version 1, QEMU 7.2) are written out below.
  * Build: gcc -shared -fPIC -O2 -o libcount.so count.c
- * Use:   qemu-aarch64 -plugin ./libcount.so -d plugin ./program    (prints one line of counts) */
+ * Use:   qemu-aarch64 -plugin ./libcount.so -d plugin ./program    (prints one line of counts)
+ *        -plugin ./libcount.so,profile=FILE  also writes, per translated block executed between
+ *        the markers, "vaddr executions sdot smmla simd loadstore scalar" (instructions of the
+ *        block by class, times executions) to FILE: a per-function profile once the addresses
+ *        are matched to symbols. */
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -27,6 +31,7 @@ extern void qemu_plugin_register_vcpu_tb_exec_cb(struct qemu_plugin_tb *tb, qemu
 extern void qemu_plugin_register_vcpu_insn_exec_cb(struct qemu_plugin_insn *insn, qemu_plugin_vcpu_udata_cb_t cb,
                                                    enum qemu_plugin_cb_flags flags, void *userdata);
 extern size_t qemu_plugin_tb_n_insns(const struct qemu_plugin_tb *tb);
+extern uint64_t qemu_plugin_tb_vaddr(const struct qemu_plugin_tb *tb);
 extern struct qemu_plugin_insn *qemu_plugin_tb_get_insn(const struct qemu_plugin_tb *tb, size_t idx);
 extern const void *qemu_plugin_insn_data(const struct qemu_plugin_insn *insn);
 extern size_t qemu_plugin_insn_size(const struct qemu_plugin_insn *insn);
@@ -52,11 +57,14 @@ static int classify(uint32_t i) {
     return SCALAR;
 }
 
-typedef struct { uint64_t n[NCLASS]; } TbCounts;
+typedef struct TbCounts { uint64_t n[NCLASS]; uint64_t vaddr, executions; struct TbCounts *next; } TbCounts;
+static TbCounts *blocks;  /* every translated block without a marker (for the profile) */
+static const char *profile_path;
 
 static void tb_exec(unsigned int vcpu, void *udata) {
     if (!enabled) return;
     TbCounts *c = udata;
+    c->executions++;
     for (int k = 0; k < NCLASS; k++) counts[k] += c->n[k];
 }
 
@@ -80,6 +88,9 @@ static void tb_trans(qemu_plugin_id_t id, struct qemu_plugin_tb *tb) {
     if (!has_marker) {
         TbCounts *p = malloc(sizeof *p);  /* lives as long as the translation: never freed */
         *p = c;
+        p->vaddr = qemu_plugin_tb_vaddr(tb);
+        p->next = blocks;
+        blocks = p;
         qemu_plugin_register_vcpu_tb_exec_cb(tb, tb_exec, QEMU_PLUGIN_CB_NO_REGS, p);
         return;
     }
@@ -101,9 +112,22 @@ static void at_exit(qemu_plugin_id_t id, void *udata) {
         len += snprintf(line + len, sizeof line - len, " %s=%llu", names[k], (unsigned long long)counts[k]);
     snprintf(line + len, sizeof line - len, "\n");
     qemu_plugin_outs(line);
+    if (profile_path) {
+        FILE *f = fopen(profile_path, "w");
+        if (!f) { qemu_plugin_outs("qcompiler-count: cannot write the profile file\n"); return; }
+        for (TbCounts *p = blocks; p; p = p->next) {
+            if (!p->executions) continue;
+            fprintf(f, "%llx %llu", (unsigned long long)p->vaddr, (unsigned long long)p->executions);
+            for (int k = 0; k < NCLASS; k++) fprintf(f, " %llu", (unsigned long long)(p->n[k] * p->executions));
+            fprintf(f, "\n");
+        }
+        fclose(f);
+    }
 }
 
 QEMU_PLUGIN_EXPORT int qemu_plugin_install(qemu_plugin_id_t id, const qemu_info_t *info, int argc, char **argv) {
+    for (int k = 0; k < argc; k++)
+        if (strncmp(argv[k], "profile=", 8) == 0) profile_path = argv[k] + 8;
     qemu_plugin_register_vcpu_tb_trans_cb(id, tb_trans);
     qemu_plugin_register_atexit_cb(id, at_exit, NULL);
     return 0;

@@ -44,6 +44,7 @@ def test_instruction_counts_are_exactly_reproducible(every_op_arm):
     first, second = runtime.count(x), runtime.count(x)
     assert first == second
     assert first["total"] == sum(first[k] for k in ("sdot", "smmla", "simd", "loadstore", "scalar")) > 10_000
+    assert first["sdot"] > 0  # the sdot kernels ran
 
 
 def test_qcompile_for_arm_cpu_runs_aarch64_code(every_op_arm):
@@ -176,3 +177,42 @@ def test_the_a53_variant_runs_on_a_cpu_without_dotprod(every_op_arm):
     listing = subprocess.run(["aarch64-linux-gnu-objdump", "-d", str(cm.runtime.library)], capture_output=True,
                              text=True, check=True).stdout
     assert "\tsdot\t" not in listing and "\tudot\t" not in listing and "\tsmmla\t" not in listing
+
+
+# ---------------------------------------------------------------- real models
+
+
+def test_efficientnet_lite0_is_bit_exact_on_arm():
+    """EfficientNet-Lite0 with the arm_cpu scheme (W8, int8 activations), batch 1, as
+    qcompile builds it for arm_cpu: real images and noise, in one qemu process."""
+    from qcompiler.models import efficientnet_lite0, imagenet_calibration_set, imagenet_samples
+
+    data = imagenet_samples()
+    calibration = list(imagenet_calibration_set(crops_per_image=1)[:8].split(4))
+    x = data.images[:1]
+    qm = qcompiler.quantize(efficientnet_lite0(), x, calibration=calibration, scheme=arm_scheme(), progress=False)
+    runtime = compile_arm(qm.program, (x,))
+    probes = [(data.images[i:i + 1],) for i in range(3)] + [(torch.randn(x.shape, generator=torch.Generator().manual_seed(0)) * 2,)]
+    outputs, _ = run_calls([(runtime, p) for p in probes])
+    for i, (probe, built) in enumerate(zip(probes, outputs)):
+        assert_equals_interpreter(qm, built, probe, f"probe {i}")
+
+
+def test_fashion_mnist_model_is_bit_exact_on_arm():
+    """The bundled Fashion-MNIST model at W8A8 and W4A8 (int8 activations), one library,
+    on 128 test images each."""
+    from qcompiler.models import fashion_mnist, fashion_mobilenet
+
+    x_train, _ = fashion_mnist("train")
+    x_test, _ = fashion_mnist("test")
+    calibration = [x_train[i:i + 64] for i in range(0, 256, 64)]
+    qms = {bits: qcompiler.quantize(fashion_mobilenet(), x_test[:64], bits=bits, calibration=calibration,
+                                    scheme=arm_scheme(), progress=False) for bits in (8, 4)}
+    mod = tvm.IRModule()
+    for bits, qm in qms.items():
+        mod = lower(qm.program, (x_test[:64],), name=f"w{bits}", target_lowerings=arm_lowerings("arm_cpu"), into=mod)
+    library = build_arm(mod)
+    calls = [(library.for_function(f"w{bits}"), (x_test[i:i + 64],)) for bits in qms for i in (0, 64)]
+    outputs, _ = run_calls(calls)
+    for (runtime, probe), built in zip(calls, outputs):
+        assert_equals_interpreter(qms[int(runtime.function[1:])], built, probe, runtime.function)

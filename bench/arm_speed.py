@@ -11,6 +11,9 @@ are exactly reproducible, so one run of each suffices on this noisy machine.
 Rows:
 - qcompiler arm_cpu: the arm_cpu scheme (int8 activations), our sdot kernels;
 - qcompiler arm_cpu, uint8 activations: the host scheme's program on the same target;
+- qcompiler arm_cpu_i8mm: the i8mm variant (smmla GEMMs, 32 MACs each), run under
+  ``qemu-aarch64 -cpu max`` (qemu models no i8mm Cortex); its floor would be lower, but
+  the column compares every row to the sdot floor;
 - TVM default build: the same integer program lowered generically and built by
   ``tvm.compile``'s default pipeline for the same aarch64 target (what a TVM user gets);
 - ONNX Runtime aarch64: ORT's own aarch64 build (bench/ort_aarch64.py) running ORT's int8
@@ -90,11 +93,11 @@ def kernel_infos(mod) -> dict[str, dict]:
     return out
 
 
-def qcompiler_row(model, x, calibration, scheme, layers: bool):
+def qcompiler_row(model, x, calibration, scheme, layers: bool, variant: str = "arm_cpu"):
     qm = qcompiler.quantize(model, x, calibration=calibration, scheme=scheme, progress=False)
-    mod = lower(qm.program, (x,), target_lowerings=arm_lowerings("arm_cpu"))
+    mod = lower(qm.program, (x,), target_lowerings=arm_lowerings(variant))
     start = time.perf_counter()
-    runtime = build_arm(mod)
+    runtime = build_arm(mod, variant)
     build = time.perf_counter() - start
     got = runtime.run(x)[0]
     ref = qm.interpret_int(x) if hasattr(qm, "interpret_int") else None
@@ -150,6 +153,7 @@ def main() -> None:
     parser.add_argument("--no-tvm", action="store_true", help="skip TVM's default build (slow to count)")
     parser.add_argument("--no-ort", action="store_true", help="skip ONNX Runtime aarch64")
     parser.add_argument("--no-uint8", action="store_true", help="skip the uint8-activation program")
+    parser.add_argument("--no-i8mm", action="store_true", help="skip the i8mm (smmla) variant")
     args = parser.parse_args()
     torch.manual_seed(0)
     for key in args.models:
@@ -164,6 +168,9 @@ def main() -> None:
         if not args.no_uint8:
             _, c8, s8, *_ = qcompiler_row(model, x, calibration, host_scheme(), False)
             rows.append(("qcompiler arm_cpu, uint8 activations", c8, s8))
+        if not args.no_i8mm:
+            _, cm, sm, *_ = qcompiler_row(model, x, calibration, arm_scheme(), False, "arm_cpu_i8mm")
+            rows.append(("qcompiler arm_cpu_i8mm (smmla; -cpu max)", cm, sm))
         if not args.no_tvm:
             rows.append(("TVM default build, same program", *tvm_default_row(qm, x)))
         if not args.no_ort:
@@ -173,7 +180,7 @@ def main() -> None:
                 print(f"ONNX Runtime aarch64: not counted: {type(exc).__name__}: {exc}")
         print(f"\n{title}: {macs / 1e6:.1f} M MACs, floor (MACs/16) {floor / 1e6:.2f} M instructions; "
               f"int8 weights {wbytes / 1024:.0f} KiB; qcompiler build {build:.0f} s")
-        print(f"{'engine':<40} {'instructions':>12} {'/floor':>7} {'sdot':>10} {'simd':>10} {'ld/st':>10} {'scalar':>10} "
+        print(f"{'engine':<40} {'instructions':>12} {'/floor':>7} {'sdot+smmla':>10} {'simd':>10} {'ld/st':>10} {'scalar':>10} "
               f"{'library':>10}")
         for name, c, lib in rows:
             libtxt = f"{lib / 1024:7.0f} KiB" if lib else ""

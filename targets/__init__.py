@@ -56,6 +56,9 @@ TARGETS: dict[str, TargetInfo] = {
     "arm_cpu_a53": TargetInfo("arm_cpu_a53", "aarch64 Cortex-A53 class (NEON, no dotprod): TVM's generic kernels, "
                               "run under qemu-aarch64 -cpu cortex-a53", arm_scheme,
                               "qcompiler.targets.arm_cpu:compile_arm", options=(("variant", "arm_cpu_a53"),)),
+    "arm_cpu_i8mm": TargetInfo("arm_cpu_i8mm", "aarch64 with i8mm (Neoverse-N2 / Cortex-X2 class): smmla GEMMs, run "
+                               "under qemu-aarch64 -cpu max", arm_scheme, "qcompiler.targets.arm_cpu:compile_arm",
+                               options=(("variant", "arm_cpu_i8mm"),)),
 }
 
 

@@ -62,11 +62,20 @@ CPU_FEATURES: dict[str, frozenset] = {
 }
 
 
+# What each kind of kernels needs: "sdot" and "smmla" are targets/arm_int8.py's (smmla in
+# the GEMMs, sdot elsewhere), "generic" is TVM's legalized ops.
+KERNEL_FEATURES: dict[str, frozenset] = {
+    "generic": frozenset({"neon"}),
+    "sdot": frozenset({"neon", "dotprod"}),
+    "smmla": frozenset({"neon", "dotprod", "i8mm"}),
+}
+
+
 @dataclass(frozen=True)
 class ArmVariant:
     """An aarch64 CPU as data: LLVM's CPU and target attributes, the qemu CPU that runs it
-    here, and the kernels it gets ("sdot": targets/arm_int8.py; "generic": TVM's legalized
-    ops, NEON only). Checked on construction: the attributes must be features of the CPU,
+    here, and the kernels it gets (KERNEL_FEATURES: "sdot" and "smmla": targets/arm_int8.py;
+    "generic": TVM's legalized ops, NEON only). Checked on construction: the attributes must be features of the CPU,
     and sdot kernels need dotprod; otherwise an ArmTargetError says which variant to use."""
 
     name: str
@@ -82,10 +91,11 @@ class ArmVariant:
         problems = []
         if known is not None and not features <= known:
             problems.append(f"{self.mcpu} has no {', '.join(sorted(features - known))} (it has {', '.join(sorted(known))})")
-        if self.kernels == "sdot" and "dotprod" not in features:
-            problems.append("the sdot kernels need +dotprod")
-        if self.kernels not in ("sdot", "generic"):
-            problems.append(f"kernels={self.kernels!r}: use 'sdot' or 'generic'")
+        if self.kernels not in KERNEL_FEATURES:
+            problems.append(f"kernels={self.kernels!r}: use one of {', '.join(KERNEL_FEATURES)}")
+        elif not KERNEL_FEATURES[self.kernels] <= features:
+            problems.append(f"the {self.kernels} kernels need "
+                            f"{', '.join('+' + f for f in sorted(KERNEL_FEATURES[self.kernels] - features))}")
         if problems:
             usable = [v.name for v in ARM_VARIANTS.values() if v.mcpu == self.mcpu] if "ARM_VARIANTS" in globals() else []
             hint = f"use the variant {usable[0]!r}" if usable else "use kernels='generic' with only the CPU's features"
@@ -102,6 +112,9 @@ ARM_VARIANTS: dict[str, ArmVariant] = {v.name: v for v in (
                "aarch64 Cortex-A76 class (NEON + dotprod): our sdot kernels"),
     ArmVariant("arm_cpu_a53", "cortex-a53", ("+neon",), "cortex-a53", "generic",
                "aarch64 Cortex-A53 class (NEON, no dotprod): TVM's generic kernels, no sdot"),
+    # qemu has no Neoverse-N2 / Cortex-X2 model; its "max" CPU implements i8mm (Armv8.6).
+    ArmVariant("arm_cpu_i8mm", "neoverse-n2", ("+neon", "+dotprod", "+i8mm"), "max", "smmla",
+               "aarch64 with i8mm (Neoverse-N2, Cortex-X2 class): smmla GEMMs, sdot depthwise and dense"),
 )}
 
 
@@ -128,9 +141,10 @@ def arm_lowerings(variant: str = "arm_cpu") -> dict:
     from .host import scheduled_lowering
 
     v = get_variant(variant)
-    if v.kernels != "sdot":
+    if v.kernels == "generic":
         return {}
-    return {op: scheduled_lowering("arm_int8", f"{op}_requant_primfunc", op, lambda: arm_target(variant))
+    return {op: scheduled_lowering("arm_int8", f"{op}_requant_primfunc", op, lambda: arm_target(variant),
+                                   {"instruction": v.kernels})
             for op in ("conv2d", "linear")}
 
 

@@ -68,14 +68,21 @@ from .x86_int8 import ExactnessError, _cdiv, _drange, _pad4, _per_channel, _prep
     kernel_info
 
 __all__ = ["conv2d_requant_primfunc", "linear_requant_primfunc", "emit_call_tir", "kernel_info", "ExactnessError",
-           "check_target", "SDOT"]
+           "check_target", "SDOT", "SMMLA", "GEMM_TILES"]
 
 SDOT = "llvm.aarch64.neon.sdot.v4i32.v16i8"
+SMMLA = "llvm.aarch64.neon.smmla.v4i32.v16i8"
 PACK_BYTES = 32768  # packed activations of one GEMM chunk: about half of a Cortex-A76's L1D
 
 
-def check_target(target: Optional[tvm.target.Target]) -> tvm.target.Target:
-    """The target (default: arm_cpu's), checked to be an aarch64 LLVM target with dotprod."""
+# The GEMM's register tile per instruction: (output channels, vectors of 4 pixels).
+GEMM_TILES = {"sdot": (4, 4), "smmla": (8, 2)}
+NEEDS = {"sdot": "+dotprod", "smmla": "+i8mm"}
+
+
+def check_target(target: Optional[tvm.target.Target], instruction: str = "sdot") -> tvm.target.Target:
+    """The target (default: arm_cpu's), checked to be an aarch64 LLVM target with dotprod
+    (and i8mm for ``instruction="smmla"``)."""
     if target is None:
         from .arm_cpu import arm_target
 
@@ -83,8 +90,11 @@ def check_target(target: Optional[tvm.target.Target]) -> tvm.target.Target:
     if isinstance(target, dict):
         target = tvm.target.Target(target)
     attrs = [str(a) for a in target.attrs.get("mattr", [])]
-    if target.kind.name != "llvm" or "aarch64" not in str(target.attrs.get("mtriple", "")) or "+dotprod" not in attrs:
-        raise ValueError(f"targets/arm_int8 kernels need an aarch64 LLVM target with +dotprod, got {target}")
+    needs = ["+dotprod", NEEDS[instruction]]
+    if target.kind.name != "llvm" or "aarch64" not in str(target.attrs.get("mtriple", "")) \
+            or not all(a in attrs for a in needs):
+        raise ValueError(f"targets/arm_int8 {instruction} kernels need an aarch64 LLVM target with "
+                         f"{' and '.join(dict.fromkeys(needs))}, got {target}")
     return target
 
 
@@ -214,14 +224,18 @@ def _signed1(v, x_dtype: str):
     return v
 
 
-INTERLEAVE4 = [16 * r + l for l in range(16) for r in range(4)]  # st4: byte l of rows 0..3, then l + 1, ...
+def interleave(rows: int, lanes: range = range(16)) -> list[int]:
+    """Shuffle indices that interleave ``rows`` 16-byte vectors: byte l of rows 0..rows−1,
+    then byte l + 1, ... for l in ``lanes`` (``st4`` for 4 rows and all 16 lanes)."""
+    return [16 * r + l for l in lanes for r in range(rows)]
 
 
 # ----------------------------------------------------------------- conv2d as a GEMM
 
 
 def _gemm_conv(n: int, c: int, h: int, wd: int, x_dtype: str, w_shape, stride, padding, dilation, groups: int,
-               zp8: int, rq: ArmRequant, out_zp: int, odt: str, name: str, mo: int = 4, nv: int = 4):
+               zp8: int, rq: ArmRequant, out_zp: int, odt: str, name: str, mo: int = 4, nv: int = 4,
+               mm: bool = False):
     o, cg, kh, kw = w_shape
     g = groups
     og = o // g
@@ -229,22 +243,29 @@ def _gemm_conv(n: int, c: int, h: int, wd: int, x_dtype: str, w_shape, stride, p
     ho = (h + pt + pbm - dh * (kh - 1) - 1) // sh + 1
     wo = (wd + pl + pr - dw * (kw - 1) - 1) // sw + 1
     P, K = ho * wo, cg * kh * kw
-    K4 = _cdiv(K, 4)
-    KQ = _cdiv(K4, 4)
-    K4P = KQ * 4
+    QB = 8 if mm else 4  # reduction indices per packed pixel group: smmla takes 8, sdot 4
+    K4 = _cdiv(K, QB)  # packed rows of the chunk
+    KQ = K4 if mm else _cdiv(K4, 4)  # steps of the register tile: one k-octet (smmla), four k-quads (sdot)
+    K4P = K4 if mm else KQ * 4
+    # one 64-byte store per 16 pixels for 4 rows (st4), two for 8 rows (LLVM miscompiles
+    # a 128-byte shuffle store for aarch64: the library crashes)
+    PARTS = QB // 4
+    INTERLEAVES = [interleave(QB, range(16 // PARTS * i, 16 // PARTS * (i + 1))) for i in range(PARTS)]
     MO, NV = mo, nv
     TW = 4 * NV
     OB = _cdiv(og, MO)
     OPG = OB * MO
     pointwise = kh == 1 and kw == 1 and sh == 1 and sw == 1 and pt == pbm == pl == pr == 0
-    PB = max(TW, (PACK_BYTES // (4 * K4P)) // TW * TW)
+    PB = max(TW, (PACK_BYTES // (QB * K4P)) // TW * TW)
     PB = min(PB, _cdiv(P, TW) * TW)
     NCH = _cdiv(P, PB)
+    WM = MO // 2 if mm else MO  # 16-byte weight vectors per tile step
     NT = PB // TW
     RL = P - (NCH - 1) * PB
     NVL = _cdiv(RL, 4)
     NTL, NPR = NVL // NV, NVL % NV
     XPW = PB + 16  # im2col writes up to 15 pixels past a chunk
+    XQ_SHAPE, XQ_DTYPE = ((K4P * XPW * QB,), "int8") if mm else ((K4P, XPW), "int32")
     HP, WP = h + pt + pbm, wd + pl + pr
     KS = kh * kw
     SLACK = 32 * max(sw, 1) + 64
@@ -260,7 +281,45 @@ def _gemm_conv(n: int, c: int, h: int, wd: int, x_dtype: str, w_shape, stride, p
         return xb[T.ramp(base, sw, 16)]
 
     @T.macro
-    def tile(nv, tp, ob, xq, wp, rqb, out, nn, gg, p0):
+    def store_rows_mm(nv, tp, ob, acc, m2, hf, rqb, out, nn, gg, p0):
+        # channel 2·m2 + hf: lanes (2hf, 2hf + 1) of each pixel pair's 2×2 accumulator
+        if ob * MO + m2 * 2 + hf < og:
+            row = T.meta_var(gg * OPG + ob * MO + m2 * 2 + hf)
+            pp = T.meta_var(p0 + tp)
+            res = T.meta_var(_requant_vectors(
+                [tvm.tirx.Shuffle([acc[T.ramp((m2 * 2 * nv + 2 * v) * 4, 1, 4)],
+                                   acc[T.ramp((m2 * 2 * nv + 2 * v + 1) * 4, 1, 4)]],
+                                  [2 * hf, 2 * hf + 1, 4 + 2 * hf, 5 + 2 * hf])
+                 + T.broadcast(rqb[row, 0], 4) for v in range(nv)], T.broadcast(rqb[row, 1], 4),
+                T.broadcast(rqb[row, 2], 4), T.broadcast(T.Cast(odt, rqb[row, 4]), nv * 4),
+                T.broadcast(T.Cast(odt, rqb[row, 5]), nv * 4), mode, out_zp, odt, clamp))
+            if pp + nv * 4 <= P:
+                out[nn, row - gg * OPG + gg * og, T.ramp(pp, 1, nv * 4)] = res
+            else:
+                tmp = T.alloc_buffer((nv * 4,), odt, scope="global")
+                tmp[T.ramp(0, 1, nv * 4)] = res
+                for l in range(nv * 4):
+                    if pp + l < P:
+                        out[nn, row - gg * OPG + gg * og, pp + l] = tmp[l]
+
+    @T.macro
+    def tile_mm(nv, tp, ob, xq, xq8, wp, rqb, out, nn, gg, p0):
+        # acc[m2, q]: channels 2·m2, 2·m2 + 1 × pixels 2q, 2q + 1, as smmla's 2×2 [o0p0 o0p1 o1p0 o1p1]
+        acc = T.alloc_buffer((MO * nv * 4,), "int32", scope="global")
+        for a in T.unroll(MO * nv):
+            acc[T.ramp(a * 4, 1, 4)] = T.broadcast(T.int32(0), 4)
+        for kq in range(KQ):
+            for m2 in T.unroll(MO // 2):
+                for q in T.unroll(2 * nv):
+                    acc[T.ramp((m2 * 2 * nv + q) * 4, 1, 4)] = T.call_llvm_pure_intrin(
+                        "int32x4", SMMLA, acc[T.ramp((m2 * 2 * nv + q) * 4, 1, 4)],
+                        _i8(wp[gg, ob, kq, m2, T.ramp(0, 1, 4)]), xq8[T.ramp((kq * XPW + tp + q * 2) * 8, 1, 16)])
+        for m2 in T.unroll(MO // 2):
+            store_rows_mm(nv, tp, ob, acc, m2, 0, rqb, out, nn, gg, p0)
+            store_rows_mm(nv, tp, ob, acc, m2, 1, rqb, out, nn, gg, p0)
+
+    @T.macro
+    def tile_dot(nv, tp, ob, xq, xq8, wp, rqb, out, nn, gg, p0):
         acc = T.alloc_buffer((MO * nv * 4,), "int32", scope="global")
         for m in T.unroll(MO):
             for v in T.unroll(nv):
@@ -289,8 +348,22 @@ def _gemm_conv(n: int, c: int, h: int, wd: int, x_dtype: str, w_shape, stride, p
                         if pp + l < P:
                             out[nn, gg * og + ob * MO + m, pp + l] = tmp[l]
 
+    tile = tile_mm if mm else tile_dot
+
+    @T.macro
+    def pack_pointwise(x, xq8, nn, gg, k4, p0, v, part):
+        xq8[T.ramp((k4 * XPW + v * 16) * QB + part * 64, 1, 64)] = tvm.tirx.Shuffle(
+            [_signed(x[nn, gg * cg + T.min(k4 * QB + r, cg - 1), T.ramp(p0 + v * 16, 1, 16)], x_dtype)
+             for r in range(QB)], INTERLEAVES[part])
+
+    @T.macro
+    def pack_im2col(xpad, xq8, nn, gg, k4, p0, y, xx, part):
+        xq8[T.ramp((k4 * XPW + y * wo + xx - p0) * QB + part * 64, 1, 64)] = tvm.tirx.Shuffle(
+            [row16(xpad, nn, gg * cg + T.min(k4 * QB + r, K - 1) // KS, y * sh + T.min(k4 * QB + r, K - 1) % KS // kw * dh,
+                   xx * sw + T.min(k4 * QB + r, K - 1) % kw * dw) for r in range(QB)], INTERLEAVES[part])
+
     @T.prim_func
-    def conv(x4: T.Buffer((n, c, h, wd), x_dtype), wp: T.Buffer((g, OB, KQ, MO, 4), "int32"),
+    def conv(x4: T.Buffer((n, c, h, wd), x_dtype), wp: T.Buffer((g, OB, KQ, WM, 4), "int32"),
              rqb: T.Buffer((g * OPG, 8), "int32"), out4: T.Buffer((n, o, ho, wo), odt)):
         T.func_attr({"global_symbol": name, "tir.noalias": True})
         x = T.decl_buffer((n, c, h * wd), x_dtype, data=x4.data)
@@ -316,27 +389,30 @@ def _gemm_conv(n: int, c: int, h: int, wd: int, x_dtype: str, w_shape, stride, p
                                 x[nc_ // c, nc_ % c, (yy - pt) * wd + wd // 16 * 16 + l], x_dtype)
             for sl in range(SLACK):
                 xpad[n * c * HP * WP + sl] = T.int8(zp8)
-        xq = T.alloc_buffer((K4P, XPW), "int32", scope=_scope(K4P * XPW * 4))
-        xq8 = T.decl_buffer((K4P * XPW * 4,), "int8", data=xq.data)
+        # the packed chunk; smmla's is allocated as bytes (allocated as int32 and only read as
+        # bytes, it got a stack slot too small for it from LLVM: the library crashed)
+        xqa = T.alloc_buffer(XQ_SHAPE, XQ_DTYPE, scope=_scope(K4P * XPW * QB))
+        xq = T.decl_buffer((K4P, XPW * QB // 4), "int32", data=xqa.data)
+        xq8 = T.decl_buffer((K4P * XPW * QB,), "int8", data=xqa.data)
         for task in range(n * g * NCH):
             nn = T.meta_var(task // (g * NCH))
             gg = T.meta_var(task // NCH % g)
             ch = T.meta_var(task % NCH)
             p0 = T.meta_var(ch * PB)
-            # ---- pack the chunk: xq[k4, p] = x[4·k4 .. 4·k4 + 3, p] (rows past K repeat the last: zero weights)
+            # ---- pack the chunk: xq[k4, p] = x[QB·k4 .. QB·k4 + QB − 1, p] (rows past K repeat the last: zero weights)
             if pointwise:
                 for k4 in range(K4):
                     for v in range((PB + 15) // 16):
                         if p0 + v * 16 + 16 <= P:
-                            xq8[T.ramp((k4 * XPW + v * 16) * 4, 1, 64)] = tvm.tirx.Shuffle(
-                                [_signed(x[nn, gg * cg + T.min(k4 * 4 + r, cg - 1), T.ramp(p0 + v * 16, 1, 16)], x_dtype)
-                                 for r in range(4)], INTERLEAVE4)
+                            pack_pointwise(x, xq8, nn, gg, k4, p0, v, 0)
+                            if PARTS == 2:
+                                pack_pointwise(x, xq8, nn, gg, k4, p0, v, 1)
                         else:
                             for l in range(16):
                                 if p0 + v * 16 + l < P:
-                                    for r in T.unroll(4):
-                                        xq8[(k4 * XPW + v * 16 + l) * 4 + r] = _signed1(
-                                            x[nn, gg * cg + T.min(k4 * 4 + r, cg - 1), p0 + v * 16 + l], x_dtype)
+                                    for r in T.unroll(QB):
+                                        xq8[(k4 * XPW + v * 16 + l) * QB + r] = _signed1(
+                                            x[nn, gg * cg + T.min(k4 * QB + r, cg - 1), p0 + v * 16 + l], x_dtype)
             else:
                 for k4 in range(K4):
                     for y in range(p0 // wo, T.min((p0 + PB + wo - 1) // wo, ho)):
@@ -344,35 +420,44 @@ def _gemm_conv(n: int, c: int, h: int, wd: int, x_dtype: str, w_shape, stride, p
                         xe = T.meta_var(T.min(p0 + PB - y * wo, wo))
                         for xv in range((xe - xs + 15) // 16):
                             xx = T.meta_var(xs + xv * 16)
-                            xq8[T.ramp((k4 * XPW + y * wo + xx - p0) * 4, 1, 64)] = tvm.tirx.Shuffle(
-                                [row16(xpad, nn, gg * cg + T.min(k4 * 4 + r, K - 1) // KS,
-                                       y * sh + T.min(k4 * 4 + r, K - 1) % KS // kw * dh,
-                                       xx * sw + T.min(k4 * 4 + r, K - 1) % kw * dw) for r in range(4)], INTERLEAVE4)
+                            pack_im2col(xpad, xq8, nn, gg, k4, p0, y, xx, 0)
+                            if PARTS == 2:
+                                pack_im2col(xpad, xq8, nn, gg, k4, p0, y, xx, 1)
             # ---- register tiles
             for ob in range(OB):
                 if NCH == 1:
                     for t in range(NTL):
-                        tile(NV, t * TW, ob, xq, wp, rqb, out, nn, gg, p0)
+                        tile(NV, t * TW, ob, xq, xq8, wp, rqb, out, nn, gg, p0)
                 else:
                     if ch < NCH - 1:
                         for t in range(NT):
-                            tile(NV, t * TW, ob, xq, wp, rqb, out, nn, gg, p0)
+                            tile(NV, t * TW, ob, xq, xq8, wp, rqb, out, nn, gg, p0)
                     else:
                         for t in range(NTL):
-                            tile(NV, t * TW, ob, xq, wp, rqb, out, nn, gg, p0)
+                            tile(NV, t * TW, ob, xq, xq8, wp, rqb, out, nn, gg, p0)
                 if NPR > 0:
                     if ch == NCH - 1:
-                        tile(NPR, NTL * TW, ob, xq, wp, rqb, out, nn, gg, p0)
+                        tile(NPR, NTL * TW, ob, xq, xq8, wp, rqb, out, nn, gg, p0)
 
-    info = dict(kind="pointwise" if pointwise else "im2col", mo=MO, nv=NV, pb=PB, chunks=NCH, epilogue=mode, clamp=clamp,
+    info = dict(kind="pointwise" if pointwise else "im2col", instruction="smmla" if mm else "sdot", mo=MO, nv=NV, pb=PB, chunks=NCH, epilogue=mode, clamp=clamp,
                 macs=n * o * P * K)
     return conv, info
 
 
-def _pack_gemm_weights(w2: np.ndarray, groups: int, mo: int) -> np.ndarray:
+def _pack_gemm_weights(w2: np.ndarray, groups: int, mo: int, mm: bool = False) -> np.ndarray:
     """[O, K] int8 → int32 [G, OB, KQ, mo, 4]: per output channel, 16-byte vectors of 4
-    quads of consecutive reduction indices (zero past K and past the group's channels)."""
+    quads of consecutive reduction indices (zero past K and past the group's channels).
+    ``mm`` (smmla): int32 [G, OB, ⌈K/8⌉, mo/2, 4]: per pair of output channels and
+    k-octet, 16 bytes = the pair's two rows of 8 (smmla's 2×8 operand)."""
     o, k = w2.shape
+    if mm:
+        og = o // groups
+        ob = _cdiv(og, mo)
+        k8 = _cdiv(k, 8)
+        wb = np.zeros((groups, ob * mo, k8 * 8), np.int8)
+        wb[:, :og, :k] = w2.reshape(groups, og, k)
+        wb = wb.reshape(groups, ob, mo // 2, 2, k8, 8).transpose(0, 1, 4, 2, 3, 5)
+        return np.ascontiguousarray(wb).reshape(groups, ob, k8, mo // 2, 16).view(np.int32)
     og = o // groups
     ob = _cdiv(og, mo)
     kq = _cdiv(_cdiv(k, 4), 4)
@@ -581,15 +666,24 @@ def _int8_weights(w) -> np.ndarray:
 def conv2d_requant_primfunc(x_shape: Sequence[int], x_dtype: str, w: np.ndarray, bias, x_zp: int, stride=(1, 1),
                             padding=(0, 0), dilation=(1, 1), groups: int = 1, mult=None, shift=None, out_zp: int = 0,
                             lo=0, hi=255, out_dtype: str = "uint8", target: Optional[tvm.target.Target] = None,
-                            name: str = "conv2d_requant", mo: int = 4, nv: int = 4, threads: Optional[int] = None):
+                            name: str = "conv2d_requant", mo: Optional[int] = None, nv: Optional[int] = None,
+                            threads: Optional[int] = None, instruction: str = "sdot"):
     """A fused conv2d + requantize PrimFunc for aarch64 + dotprod, exact
     (``kernels.conv2d``), and its constants; arguments as ``x86_int8``'s (``padding`` may be
     (top, bottom, left, right)). ``mo`` × ``nv``: the GEMM's register tile (output channels ×
-    vectors of 4 pixels). ``threads`` is accepted for the common API; the kernels run on one
-    thread. Returns ``(func, consts)``: ``func(x, *consts, out)``; consts are the packed
+    vectors of 4 pixels; default 4 × 4 for sdot, 8 × 2 for smmla). ``instruction``: "sdot", or
+    "smmla" (Armv8.6 i8mm: the GEMM kernels multiply 2×8 by 8×2 blocks; the target needs
+    +i8mm; depthwise stays on sdot). ``threads`` is accepted for the common API; the kernels
+    run on one thread. Returns ``(func, consts)``: ``func(x, *consts, out)``; consts are the packed
     weights (GEMM: int32 [G, O/G/mo, ⌈K/16⌉, mo, 4]; depthwise: int32 [O, ⌈kh·⌈kw/4⌉/4⌉, 4])
     and the requantize rows int32 [rows, 8] (``requant_rows``)."""
-    check_target(target)
+    if instruction not in GEMM_TILES:
+        raise ValueError(f"instruction={instruction!r}: use one of {', '.join(GEMM_TILES)}")
+    check_target(target, instruction)
+    mm = instruction == "smmla"
+    mo, nv = mo or GEMM_TILES[instruction][0], nv or GEMM_TILES[instruction][1]
+    if mm and mo % 2:
+        raise ValueError(f"smmla tiles take output channels in pairs: mo={mo}")
     if mult is None or shift is None:
         raise ValueError("mult and shift (the requantize multiplier) are required")
     x_dtype, out_dtype = str(x_dtype), str(out_dtype)
@@ -618,8 +712,8 @@ def conv2d_requant_primfunc(x_shape: Sequence[int], x_dtype: str, w: np.ndarray,
     rows = np.array([gg * og + r if r < og else -1 for gg in range(groups) for r in range(ob * mo)])
     rq = requant_rows(ch.bias, mult, shift, ch.lo, ch.hi, ch.const, o, out_dtype, rows=rows)
     func, info = _gemm_conv(n, c, h, wd, x_dtype, w.shape, stride, padding, dilation, groups, zp8, rq, int(out_zp),
-                            out_dtype, name, mo=mo, nv=nv)
-    return func.with_attr("qcompiler.kernel", info), [_pack_gemm_weights(w2, groups, mo), rq.rq]
+                            out_dtype, name, mo=mo, nv=nv, mm=mm)
+    return func.with_attr("qcompiler.kernel", info), [_pack_gemm_weights(w2, groups, mo, mm), rq.rq]
 
 
 def linear_requant_primfunc(x_shape: Sequence[int], x_dtype: str, w: np.ndarray, bias, x_zp: int, mult, shift,

@@ -103,3 +103,49 @@ def test_kernels_refuse_a_target_without_dotprod():
     with pytest.raises(ValueError, match="dotprod"):
         A.conv2d_requant_primfunc((1, 4, 8, 8), "uint8", np.ones((4, 4, 1, 1), np.int8), np.zeros(4), 0,
                                   mult=[2**30] * 4, shift=[40] * 4, target=a53)
+
+
+# ---------------------------------------------------------------- smmla (the i8mm variant)
+
+
+def _smmla_cases():
+    from qcompiler.targets.arm_cpu import arm_target
+
+    mm = dict(instruction="smmla", target=arm_target("arm_cpu_i8mm"))
+    return [
+        conv_case("smmla pointwise", (1, 16, 12, 13), (96, 16, 1, 1), **mm),
+        conv_case("smmla pointwise int8 odd mixed", (2, 5, 3, 7), (7, 5, 1, 1), x_dtype="int8", out_dtype="int8",
+                  shift_kind="mixed", **mm),
+        conv_case("smmla pointwise chunks K=601", (1, 601, 7, 7), (37, 601, 1, 1), full_range=True, **mm),
+        conv_case("smmla tile 2x3", (1, 20, 9, 9), (11, 20, 1, 1), mo=2, nv=3, shift_kind="large", **mm),
+        conv_case("smmla stem 3x3 s2 pad1", (1, 3, 17, 19), (8, 3, 3, 3), stride=(2, 2), padding=(1, 1), **mm),
+        conv_case("smmla 3x3 groups 2 same", (1, 8, 10, 10), (16, 4, 3, 3), padding=(0, 1, 0, 1), groups=2,
+                  shift_kind="mixed", **mm),
+        conv_case("smmla 3x3 dilation 2", (1, 6, 11, 12), (5, 6, 3, 3), padding=(2, 2), dilation=(2, 2), out_dtype="int8",
+                  **mm),
+        conv_case("smmla depthwise stays sdot", (1, 24, 9, 11), (24, 1, 3, 3), padding=(1, 1), groups=24, **mm),
+    ]
+
+
+def test_smmla_kernels_are_bit_exact_on_a_cpu_with_i8mm():
+    """The i8mm variant's GEMMs (smmla: 2×8 by 8×2 blocks, pixels packed by k-octets) under
+    qemu -cpu max: exact on the cases that stress tiles, chunks, padding and epilogues;
+    smmla in the disassembly, and counted by the plugin."""
+    cases = _smmla_cases()
+    assert {c.info["instruction"] for c in cases if c.info["kind"] != "depthwise"} == {"smmla"}
+    mod, inputs = build_cases(cases)
+    runtime = build_arm(mod, "arm_cpu_i8mm")
+    problems = mismatches(cases, runtime.run(*inputs))
+    assert not problems, "\n".join(problems)
+    listing = subprocess.run(["aarch64-linux-gnu-objdump", "-d", "--no-show-raw-insn", str(runtime.library)],
+                             capture_output=True, text=True, check=True).stdout
+    assert re.search(r"\bsmmla\s+v\d+\.4s, v\d+\.16b, v\d+\.16b", listing)
+    assert runtime.count(*inputs)["smmla"] > 0
+
+
+def test_smmla_needs_a_target_with_i8mm():
+    from qcompiler.targets.arm_cpu import arm_target
+
+    with pytest.raises(ValueError, match=r"smmla kernels need .*\+i8mm"):
+        A.conv2d_requant_primfunc((1, 4, 8, 8), "uint8", np.ones((4, 4, 1, 1), np.int8), np.zeros(4), 0,
+                                  mult=[2**30] * 4, shift=[40] * 4, target=arm_target("arm_cpu"), instruction="smmla")

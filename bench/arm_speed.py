@@ -99,11 +99,9 @@ def qcompiler_row(model, x, calibration, scheme, layers: bool, variant: str = "a
     start = time.perf_counter()
     runtime = build_arm(mod, variant)
     build = time.perf_counter() - start
-    got = runtime.run(x)[0]
-    ref = qm.interpret_int(x) if hasattr(qm, "interpret_int") else None
     counts = runtime.count(x)
     per_layer = runtime.count_by_function(x) if layers else None
-    return qm, counts, runtime.library.stat().st_size, build, per_layer, kernel_infos(mod), got
+    return qm, counts, runtime.library.stat().st_size, build, per_layer, kernel_infos(mod)
 
 
 def tvm_default_row(qm, x):
@@ -160,7 +158,7 @@ def main() -> None:
         title, setup = MODELS[key]
         model, x, calibration = setup()
         rows = []
-        qm, counts, size, build, per_layer, infos, _ = qcompiler_row(model, x, calibration, arm_scheme(), args.layers)
+        qm, counts, size, build, per_layer, infos = qcompiler_row(model, x, calibration, arm_scheme(), args.layers)
         macs = macs_of(qm.program, x)
         wbytes = weight_bytes(qm.program)
         floor = macs / 16

@@ -35,6 +35,8 @@ from pathlib import Path
 
 import numpy as np
 
+from qcompiler.targets.arm_cpu import parse_counts
+
 REPO = Path(__file__).resolve().parent.parent
 ORT_DIR = REPO / "build" / "arm" / "ort"
 PLUGIN = REPO / "build" / "arm" / "libcount.so"
@@ -103,13 +105,7 @@ def count_ort(model_path: str, x: np.ndarray) -> tuple[list[np.ndarray], dict[st
                               f"{log.strip()[-3000:]}")
     with np.load(io.BytesIO(proc.stdout)) as npz:
         outputs = [npz[f"arr_{k}"] for k in range(len(npz.files))]
-    line = next((l for l in log.splitlines() if l.startswith("qcompiler-count")), None)
-    if line is None:
-        raise OrtAarch64Error(f"the counting plugin printed nothing:\n{log[-2000:]}")
-    counts = dict(item.split("=") for item in line.split()[1:])
-    if counts.get("markers") != "2":
-        raise OrtAarch64Error(f"the counting plugin saw {counts.get('markers')} markers, not 2: {line}")
-    return outputs, {k: int(v) for k, v in counts.items() if k != "markers"}
+    return outputs, parse_counts(log, OrtAarch64Error)
 
 
 def _lite0_int8(reduce_range: bool) -> tuple[Path, np.ndarray]:

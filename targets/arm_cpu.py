@@ -37,7 +37,7 @@ from .host import _out_spec, function_input_types, input_array, output_structure
 from .lower import lower
 
 __all__ = ["ArmVariant", "ARM_VARIANTS", "CPU_FEATURES", "arm_target", "get_variant", "arm_lowerings", "compile_arm",
-           "build_arm", "ArmRuntime", "run_calls", "ArmToolsError", "ArmTargetError", "tools_dir"]
+           "build_arm", "ArmRuntime", "run_calls", "parse_counts", "ArmToolsError", "ArmTargetError", "tools_dir"]
 
 
 class ArmToolsError(QCompilerError):
@@ -210,7 +210,7 @@ class ArmRuntime:
         """Instructions executed by the call (between the runner's markers), by class:
         total, sdot, smmla, simd, loadstore, scalar. Exactly reproducible."""
         _, log = self._execute(inputs, str(_plugin()))
-        return _parse_counts(log)
+        return parse_counts(log)
 
     def count_by_function(self, *inputs: Any) -> list[tuple[str, dict[str, int]]]:
         """The call's instructions per function, most first: (name, counts by class as in
@@ -220,7 +220,7 @@ class ArmRuntime:
         with tempfile.TemporaryDirectory(prefix="qcompiler-arm-prof-") as tmp:
             path = Path(tmp) / "profile.txt"
             _, log = self._execute(inputs, f"{_plugin()},profile={path}", env={"QCOMPILER_MAPS": "1"})
-            _parse_counts(log)
+            parse_counts(log)
             blocks = [line.split() for line in path.read_text().splitlines()]
         return profile_by_function(blocks, log, self.library)
 
@@ -287,13 +287,15 @@ def _plugin() -> Path:
     return plugin
 
 
-def _parse_counts(log: str) -> dict[str, int]:
+def parse_counts(log: str, error: type[Exception] = ArmToolsError) -> dict[str, int]:
+    """The counts of the plugin's "qcompiler-count" line in qemu's ``log`` (one pair of
+    markers: one counted call); ``error`` if the line is missing or the markers are not 2."""
     line = next((l for l in log.splitlines() if l.startswith("qcompiler-count")), None)
     if line is None:
-        raise ArmToolsError(f"the counting plugin printed nothing:\n{log[-2000:]}")
+        raise error(f"the counting plugin printed nothing:\n{log[-2000:]}")
     counts = dict(item.split("=") for item in line.split()[1:])
     if counts.get("markers") != "2":
-        raise ArmToolsError(f"the counting plugin saw {counts.get('markers')} markers, not 2: {line}")
+        raise error(f"the counting plugin saw {counts.get('markers')} markers, not 2: {line}")
     return {k: int(v) for k, v in counts.items() if k != "markers"}
 
 

@@ -53,7 +53,7 @@ saturation (``sqadd``), a saturating narrow to the output dtype (``sqxtn``/``sqx
 and the clamp to [lo, hi] on the 8-bit lanes. Saturation is monotone and every bound it
 can hit lies outside [lo, hi], so the clamp sees what the int64 formula would give.
 Channels whose accumulator could leave int32 but whose output is provably constant (see
-``x86_int8._prepare_channels``) get m = 0 and lo = hi = that constant.
+``int8_common._prepare_channels``) get m = 0 and lo = hi = that constant.
 """
 from __future__ import annotations
 
@@ -64,8 +64,8 @@ import numpy as np
 import tvm
 from tvm.script import tirx as T
 
-from .x86_int8 import ExactnessError, _cdiv, _drange, _pad4, _per_channel, _prepare_channels, _scope, emit_call_tir, \
-    kernel_info
+from .int8_common import ExactnessError, _cdiv, _drange, _pad4, _per_channel, _prepare_channels, _scope, \
+    concat_vectors, emit_call_tir, kernel_info
 
 __all__ = ["conv2d_requant_primfunc", "linear_requant_primfunc", "emit_call_tir", "kernel_info", "ExactnessError",
            "check_target", "SDOT", "SMMLA", "GEMM_TILES"]
@@ -146,18 +146,6 @@ def _intrin(dtype: str, name: str, *args):
     return T.call_llvm_pure_intrin(dtype, name, *args)
 
 
-def _cat(parts: list):
-    """Concatenate vectors (a Shuffle of all their lanes in order)."""
-    if len(parts) == 1:
-        return parts[0]
-    idx, off = [], 0
-    for p in parts:
-        ln = p.ty.dtype.lanes
-        idx += list(range(off, off + ln))
-        off += ln
-    return tvm.tirx.Shuffle(parts, idx)
-
-
 def _half(v, hi: bool):
     return tvm.tirx.Shuffle([v], [2, 3] if hi else [0, 1])
 
@@ -173,7 +161,7 @@ def _scaled(acc, m, nsh, mode: str):
         p = _intrin("int64x2", "llvm.aarch64.neon.smull.v2i64", _half(acc, hi), _half(m, hi))
         r = _intrin("int64x2", "llvm.aarch64.neon.srshl.v2i64", p, tvm.tirx.Cast("int64x2", _half(nsh, hi)))
         halves.append(_intrin("int32x2", "llvm.aarch64.neon.sqxtn.v2i32", r))
-    return _cat(halves)
+    return concat_vectors(halves)
 
 
 def _requant_vectors(accs: list, m, nsh, lo, hi, mode: str, out_zp: int, odt: str, clamp: bool):
@@ -187,13 +175,13 @@ def _requant_vectors(accs: list, m, nsh, lo, hi, mode: str, out_zp: int, odt: st
     zp16 = tvm.tirx.Broadcast(tvm.tirx.const(out_zp, "int16"), 8)
     bytes8 = []
     for i in range(0, len(vals), 2):
-        w16 = _cat([_intrin("int16x4", "llvm.aarch64.neon.sqxtn.v4i16", vals[i]),
+        w16 = concat_vectors([_intrin("int16x4", "llvm.aarch64.neon.sqxtn.v4i16", vals[i]),
                     _intrin("int16x4", "llvm.aarch64.neon.sqxtn.v4i16", vals[i + 1])])
         if out_zp:
             w16 = _intrin("int16x8", "llvm.aarch64.neon.sqadd.v8i16", w16, zp16)
         narrow = "llvm.aarch64.neon.sqxtun.v8i8" if odt == "uint8" else "llvm.aarch64.neon.sqxtn.v8i8"
         bytes8.append(_intrin(f"{odt}x8", narrow, w16))
-    v = _cat(bytes8)
+    v = concat_vectors(bytes8)
     if v.ty.dtype.lanes != 4 * n:
         v = tvm.tirx.Shuffle([v], list(range(4 * n)))
     if clamp:
@@ -281,26 +269,31 @@ def _gemm_conv(n: int, c: int, h: int, wd: int, x_dtype: str, w_shape, stride, p
         return xb[T.ramp(base, sw, 16)]
 
     @T.macro
+    def requant_store(nv, vectors, row, ch, pp, rqb, out, nn):
+        # the nv int32x4 accumulator ``vectors`` of output channel ch (requantize row ``row``),
+        # requantized and stored at pixels [pp, pp + 4·nv), those below P
+        res = T.meta_var(_requant_vectors(
+            vectors, T.broadcast(rqb[row, 1], 4), T.broadcast(rqb[row, 2], 4),
+            T.broadcast(T.Cast(odt, rqb[row, 4]), nv * 4), T.broadcast(T.Cast(odt, rqb[row, 5]), nv * 4), mode, out_zp,
+            odt, clamp))
+        if pp + nv * 4 <= P:
+            out[nn, ch, T.ramp(pp, 1, nv * 4)] = res
+        else:
+            tmp = T.alloc_buffer((nv * 4,), odt, scope="global")
+            tmp[T.ramp(0, 1, nv * 4)] = res
+            for l in range(nv * 4):
+                if pp + l < P:
+                    out[nn, ch, pp + l] = tmp[l]
+
+    @T.macro
     def store_rows_mm(nv, tp, ob, acc, m2, hf, rqb, out, nn, gg, p0):
-        # channel 2·m2 + hf: lanes (2hf, 2hf + 1) of each pixel pair's 2×2 accumulator
+        # channel 2·m2 + hf: lanes (2hf, 2hf + 1) of each pixel pair's 2×2 accumulator, plus its bias
         if ob * MO + m2 * 2 + hf < og:
-            row = T.meta_var(gg * OPG + ob * MO + m2 * 2 + hf)
-            pp = T.meta_var(p0 + tp)
-            res = T.meta_var(_requant_vectors(
-                [tvm.tirx.Shuffle([acc[T.ramp((m2 * 2 * nv + 2 * v) * 4, 1, 4)],
-                                   acc[T.ramp((m2 * 2 * nv + 2 * v + 1) * 4, 1, 4)]],
-                                  [2 * hf, 2 * hf + 1, 4 + 2 * hf, 5 + 2 * hf])
-                 + T.broadcast(rqb[row, 0], 4) for v in range(nv)], T.broadcast(rqb[row, 1], 4),
-                T.broadcast(rqb[row, 2], 4), T.broadcast(T.Cast(odt, rqb[row, 4]), nv * 4),
-                T.broadcast(T.Cast(odt, rqb[row, 5]), nv * 4), mode, out_zp, odt, clamp))
-            if pp + nv * 4 <= P:
-                out[nn, row - gg * OPG + gg * og, T.ramp(pp, 1, nv * 4)] = res
-            else:
-                tmp = T.alloc_buffer((nv * 4,), odt, scope="global")
-                tmp[T.ramp(0, 1, nv * 4)] = res
-                for l in range(nv * 4):
-                    if pp + l < P:
-                        out[nn, row - gg * OPG + gg * og, pp + l] = tmp[l]
+            requant_store(nv, [tvm.tirx.Shuffle([acc[T.ramp((m2 * 2 * nv + 2 * v) * 4, 1, 4)],
+                                                 acc[T.ramp((m2 * 2 * nv + 2 * v + 1) * 4, 1, 4)]],
+                                                [2 * hf, 2 * hf + 1, 4 + 2 * hf, 5 + 2 * hf])
+                               + T.broadcast(rqb[gg * OPG + ob * MO + m2 * 2 + hf, 0], 4) for v in range(nv)],
+                          gg * OPG + ob * MO + m2 * 2 + hf, gg * og + ob * MO + m2 * 2 + hf, p0 + tp, rqb, out, nn)
 
     @T.macro
     def tile_mm(nv, tp, ob, xq, xq8, wp, rqb, out, nn, gg, p0):
@@ -333,20 +326,8 @@ def _gemm_conv(n: int, c: int, h: int, wd: int, x_dtype: str, w_shape, stride, p
                             _i8(xq[kq * 4 + i, T.ramp(tp + v * 4, 1, 4)]), _lane(wp[gg, ob, kq, m, T.ramp(0, 1, 4)], i))
         for m in T.unroll(MO):
             if ob * MO + m < og:
-                row = T.meta_var(gg * OPG + ob * MO + m)
-                pp = T.meta_var(p0 + tp)
-                res = T.meta_var(_requant_vectors(
-                    [acc[T.ramp((m * nv + v) * 4, 1, 4)] for v in range(nv)], T.broadcast(rqb[row, 1], 4),
-                    T.broadcast(rqb[row, 2], 4), T.broadcast(T.Cast(odt, rqb[row, 4]), nv * 4),
-                    T.broadcast(T.Cast(odt, rqb[row, 5]), nv * 4), mode, out_zp, odt, clamp))
-                if pp + nv * 4 <= P:
-                    out[nn, gg * og + ob * MO + m, T.ramp(pp, 1, nv * 4)] = res
-                else:
-                    tmp = T.alloc_buffer((nv * 4,), odt, scope="global")
-                    tmp[T.ramp(0, 1, nv * 4)] = res
-                    for l in range(nv * 4):
-                        if pp + l < P:
-                            out[nn, gg * og + ob * MO + m, pp + l] = tmp[l]
+                requant_store(nv, [acc[T.ramp((m * nv + v) * 4, 1, 4)] for v in range(nv)], gg * OPG + ob * MO + m,
+                              gg * og + ob * MO + m, p0 + tp, rqb, out, nn)
 
     tile = tile_mm if mm else tile_dot
 

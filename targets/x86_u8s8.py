@@ -25,7 +25,8 @@ import numpy as np
 import tvm
 from tvm.script import tirx as T
 
-from .x86_int8 import PMADDWD, GemmPlan, Requant, _cdiv, _requant_row, _scope
+from .int8_common import _cdiv, _scope
+from .x86_int8 import PMADDWD, GemmPlan, Requant, _requant_row
 
 PMADDUBSW = "llvm.x86.avx2.pmadd.ub.sw"
 

@@ -15,6 +15,8 @@ from qcompiler import kernels  # noqa: E402
 from qcompiler.fixed_point import quantize_multipliers  # noqa: E402
 from qcompiler.targets import x86_int8 as K  # noqa: E402
 
+from kernel_operands import dtype_range, operands  # noqa: E402
+
 
 @pytest.fixture(scope="module")
 def target():
@@ -22,31 +24,6 @@ def target():
         return K.check_target(None)
     except ValueError as exc:
         pytest.skip(str(exc))
-
-
-def _range(dtype):
-    info = np.iinfo(np.dtype(dtype))
-    return int(info.min), int(info.max)
-
-
-def _operands(rng, o, k, x_dtype, out_dtype, shift_kind="fast", full_range=False):
-    """bias, x_zp, mult, shift, out_zp, lo, hi for o output channels, k products each."""
-    if shift_kind == "fast":  # S >= 33 everywhere: the 32-bit epilogue
-        mult, shift = quantize_multipliers(rng.uniform(0.5, 2.0, o) * 2.0 ** -rng.uniform(3, 12, o) / np.sqrt(k))
-    elif shift_kind == "mixed":  # S from 0 to 62: the int64 epilogue
-        mult = rng.integers(2**30, 2**31, o)
-        shift = np.array([[0, 1, 20, 31, 32, 33, 40, 62][i % 8] for i in range(o)])
-    else:
-        mult, shift = quantize_multipliers(rng.uniform(0.3, 3.0, o))
-    dmin, dmax = _range(out_dtype)
-    if full_range:
-        lo, hi = np.full(o, dmin), np.full(o, dmax)
-    else:
-        lo = rng.integers(dmin, dmin + 60, o)
-        hi = rng.integers(dmax - 60, dmax + 1, o)
-    xmin, xmax = _range(x_dtype)
-    return dict(bias=rng.integers(-30000, 30000, o), x_zp=int(rng.integers(xmin, xmax + 1)), mult=mult, shift=shift,
-                out_zp=int(rng.integers(dmin, dmax + 1)), lo=lo, hi=hi)
 
 
 def _run(func, consts, x, out_shape, out_dtype, target):
@@ -62,9 +39,9 @@ def _check_conv(target, x_shape, w_shape, stride=(1, 1), padding=(0, 0), dilatio
     rng = np.random.default_rng(seed)
     o = w_shape[0]
     k = int(np.prod(w_shape[1:]))
-    xmin, xmax = _range(x_dtype)
+    xmin, xmax = dtype_range(x_dtype)
     w = rng.integers(-127, 128, w_shape).astype(np.int8)
-    p = _operands(rng, o, k, x_dtype, out_dtype, shift_kind, full_range)
+    p = operands(rng, o, k, x_dtype, out_dtype, shift_kind, full_range)
     func, consts = K.conv2d_requant_primfunc(x_shape, x_dtype, w, p["bias"], p["x_zp"], stride, padding, dilation, groups,
                                              p["mult"], p["shift"], p["out_zp"], p["lo"], p["hi"], out_dtype, target,
                                              plan=plan, dw_opts=dw_opts, u8s8=u8s8)
@@ -226,9 +203,9 @@ def test_depthwise_generic_stride(target):
 def test_dense(target, x_shape, o, x_dtype, out_dtype, shift_kind):
     rng = np.random.default_rng(1)
     k = x_shape[-1]
-    xmin, xmax = _range(x_dtype)
+    xmin, xmax = dtype_range(x_dtype)
     w = rng.integers(-127, 128, (o, k)).astype(np.int8)
-    p = _operands(rng, o, k, x_dtype, out_dtype, shift_kind)
+    p = operands(rng, o, k, x_dtype, out_dtype, shift_kind)
     func, consts = K.linear_requant_primfunc(x_shape, x_dtype, w, p["bias"], p["x_zp"], p["mult"], p["shift"], p["out_zp"],
                                              p["lo"], p["hi"], out_dtype, target)
     assert K.kernel_info(func)["kind"] == "dense"

@@ -55,7 +55,7 @@ class Adaround(Pass):
         self.progress = progress
 
     def run(self, gm: fx.GraphModule, ctx: PassContext) -> PassResult:
-        from tqdm.auto import tqdm
+        from qcompiler.progress import bar as progress_bar
 
         layers = {l.name: l for l in quant_layers(gm)}
         float_graph, _, everything = ptq_data(gm, ctx, "adaround", self.max_batches, [l.output.name for l in layers.values()])
@@ -67,7 +67,8 @@ class Adaround(Pass):
         ref_steps = ref.steps(*everything)
         flipped, total = 0, 0
         gen = torch.Generator().manual_seed(self.seed)
-        bar = tqdm(total=len(layers), desc="adaround", unit="layer", disable=None if self.progress is None else not self.progress)
+        bar = progress_bar(total=len(layers), desc="adaround", unit="layer",
+                           progress=self.progress if self.progress is not None else ctx.progress)
         with torch.no_grad():
             for node in sim.steps(*everything):
                 layer = layers.get(node.name)

@@ -1,11 +1,14 @@
 """bias_correction: empirical bias correction (Nagel et al. 2019, 2021 §3.2)."""
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.fx as fx
 
 from qcompiler.activations import channel_dim, channel_mean, channel_means
 from qcompiler.layers import QuantLayer, quant_layers
+from qcompiler.progress import bar
 from qcompiler.pass_manager import Pass, PassContext, PassResult, register_pass
 from qcompiler.passes.calibrate import ptq_data
 
@@ -15,11 +18,13 @@ class _Correcting(fx.Interpreter):
     corrects the bias from the output it just computed, then hands on the corrected output,
     so every later layer is corrected against the already-corrected ones before it."""
 
-    def __init__(self, gm: fx.GraphModule, layers: dict[str, QuantLayer], reference: dict[str, torch.Tensor]):
+    def __init__(self, gm: fx.GraphModule, layers: dict[str, QuantLayer], reference: dict[str, torch.Tensor],
+                 progress: Any = None):
         super().__init__(gm)
         self.layers = layers
         self.reference = reference
         self.shifts: list[float] = []
+        self.progress = progress
 
     def run_node(self, n):
         out = super().run_node(n)
@@ -32,6 +37,8 @@ class _Correcting(fx.Interpreter):
         step = torch.round(delta / scales).to(torch.int64)
         layer.set_bias_int(self.module, layer.bias_int(self.module).to(torch.int64) + step)
         self.shifts.append(float(delta.abs().mean()))
+        if self.progress is not None:
+            self.progress.update(1)
         shape = [1] * out.dim()
         shape[cdim] = -1
         return out + (step.double() * scales).reshape(shape).to(out.dtype)
@@ -59,8 +66,9 @@ class BiasCorrection(Pass):
         layers = {l.name: l for l in quant_layers(gm) if l.bias_dq is not None}
         float_graph, batches, everything = ptq_data(gm, ctx, "bias_correction", self.max_batches, layers)
         reference = channel_means(float_graph, batches, {name: channel_dim(l.node) for name, l in layers.items()})
-        correcting = _Correcting(gm, layers, reference)
-        with torch.no_grad():
+        with bar(total=len(layers), desc="bias correction", unit="layer", progress=ctx.progress) as layer_bar, \
+                torch.no_grad():
+            correcting = _Correcting(gm, layers, reference, layer_bar)
             correcting.run(*everything)
         mean_shift = sum(correcting.shifts) / max(len(correcting.shifts), 1)
         return PassResult(gm, bool(layers), f"corrected {len(layers)} biases on {len(batches)} batch(es); mean |shift| {mean_shift:.3g}")

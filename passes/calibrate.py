@@ -8,6 +8,7 @@ import torch
 import torch.fx as fx
 
 from qcompiler.graph import node_label
+from qcompiler.inputs import calibration_source, check_inputs, input_specs
 from qcompiler.observers import ActivationObserver, CalibrationError
 from qcompiler.pass_manager import Pass, PassContext, PassResult, register_pass
 from qcompiler.scheme import QuantSpec
@@ -39,11 +40,12 @@ def calibration_batches(gm: fx.GraphModule, ctx: PassContext, max_batches: Optio
     if data is None:
         raise CalibrationError("this pass needs calibration data: qcompiler.quantize(..., calibration=loader)")
     n_inputs = len(user_inputs(gm))
+    specs = input_specs(gm, ctx.example_inputs)
     batches = []
-    for i, batch in enumerate(data):
+    for i, batch in enumerate(calibration_source(data, specs)):
         if max_batches is not None and i >= max_batches:
             break
-        batches.append(batch_inputs(batch, n_inputs, i))
+        batches.append(check_inputs(specs, batch_inputs(batch, n_inputs, i), "calibration", batch=i, fix=CALIBRATION_FIX))
     if not batches:
         raise CalibrationError("the calibration data yielded no batches")
     return batches
@@ -69,16 +71,23 @@ def observers(gm: fx.GraphModule) -> dict[str, ActivationObserver]:
     return {name: m for name, m in gm.named_children() if isinstance(m, ActivationObserver)}
 
 
-def run_calibration(gm: fx.GraphModule, data: Iterable, progress: Optional[bool] = None) -> int:
-    """Run every batch of ``data`` through ``gm`` (observers record); returns the batch count."""
-    from tqdm.auto import tqdm
+CALIBRATION_FIX = ("give batches shaped like the example inputs (N: any batch size): a DataLoader, a list of "
+                   "batches, or one tensor of samples along dimension 0")
+
+
+def run_calibration(gm: fx.GraphModule, data: Iterable, progress: Optional[bool] = None,
+                    example_inputs: Optional[tuple] = None) -> int:
+    """Run every batch of ``data`` through ``gm`` (observers record), each checked against
+    the graph's inputs (qcompiler.inputs.InputError naming the batch); returns the batch
+    count."""
+    from qcompiler.progress import bar
 
     n_inputs = len(user_inputs(gm))
-    total = len(data) if hasattr(data, "__len__") else None
+    specs = input_specs(gm, example_inputs)
     batches = 0
     with torch.no_grad():
-        for i, batch in enumerate(tqdm(data, total=total, desc="calibrating", unit="batch", disable=None if progress is None else not progress)):
-            gm(*batch_inputs(batch, n_inputs, i))
+        for i, batch in enumerate(bar(data, desc="calibrating", unit="batch", progress=progress)):
+            gm(*check_inputs(specs, batch_inputs(batch, n_inputs, i), "calibration", batch=i, fix=CALIBRATION_FIX))
             batches += 1
     if batches == 0:
         raise CalibrationError(f"the calibration data ({type(data).__name__}) yielded no batches; give at least one batch of inputs")
@@ -107,7 +116,9 @@ class Calibrate(Pass):
         data = self.data if self.data is not None else ctx.state.get("calibration")
         if data is None:
             raise CalibrationError("calibrate needs calibration data: quantize(..., calibration=loader) or Calibrate(data)")
-        batches = run_calibration(gm, data, self.progress)
+        progress = self.progress if self.progress is not None else ctx.progress
+        batches = run_calibration(gm, calibration_source(data, input_specs(gm, ctx.example_inputs)), progress,
+                                  ctx.example_inputs)
         qparams = convert_observers(gm)
         return PassResult(gm, True, f"{batches} batch(es); {len(qparams)} activations quantized")
 

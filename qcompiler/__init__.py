@@ -11,14 +11,15 @@ from .pass_manager import (Pass, PassContext, PassManager, PassReport, PassResul
 from .verify import count_ops, verify_graph
 from .scheme import QuantScheme, QuantSpec, SchemeError, activation_spec, arm_scheme, host_scheme, weight_spec
 from .quantize import QuantizedModel, from_pt2e, quantize
-from .compiled import CompiledModel, qcompile
+from .compiled import CompiledModel, LoadedModel, load, qcompile
+from .inputs import InputError
 
 FLOAT_PASSES = ["fold_bn", "equalize"]
 
 __all__ = [
     "capture", "Pass", "PassContext", "PassManager", "PassReport", "PassResult", "register_pass", "run_passes",
     "get_pass", "order_passes", "verify_graph", "count_ops", "FLOAT_PASSES",
-    "quantize", "qcompile", "CompiledModel", "from_pt2e", "QuantizedModel", "QuantScheme", "QuantSpec", "SchemeError", "host_scheme", "arm_scheme", "weight_spec", "activation_spec",
+    "quantize", "qcompile", "CompiledModel", "load", "LoadedModel", "InputError", "from_pt2e", "QuantizedModel", "QuantScheme", "QuantSpec", "SchemeError", "host_scheme", "arm_scheme", "weight_spec", "activation_spec",
     "QCompilerError", "CaptureError", "PassError", "PassOrderError", "GraphError",
 ]
 

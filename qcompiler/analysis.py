@@ -95,8 +95,12 @@ def _module_path(node: Optional[fx.Node]) -> str:
     return f"{path} ({kind})"
 
 
-def analyze(sim: fx.GraphModule, float_graph: fx.GraphModule, batches: Iterable[tuple]) -> Analysis:
-    """Per quantized value of ``sim``: local and cumulative SQNR against ``float_graph``."""
+def analyze(sim: fx.GraphModule, float_graph: fx.GraphModule, batches: Iterable[tuple],
+            progress: Optional[bool] = None) -> Analysis:
+    """Per quantized value of ``sim``: local and cumulative SQNR against ``float_graph``.
+    ``progress``: a bar over the batches (qcompiler.progress)."""
+    from .progress import bar
+
     qs = [n for n in sim.graph.nodes if n.op == "call_function" and n.target == qd.quantize_per_tensor.default]
     float_nodes = {n.name: n for n in float_graph.graph.nodes}
     qs = [q for q in qs if q.args[0].name in float_nodes]
@@ -104,7 +108,7 @@ def analyze(sim: fx.GraphModule, float_graph: fx.GraphModule, batches: Iterable[
     dq_of = {q.name: next(iter(q.users)) for q in qs}
     acc = {q.name: [0.0, 0.0, 0.0] for q in qs}  # signal, local noise, cumulative noise
     with torch.no_grad():
-        for batch in batches:
+        for batch in bar(batches, desc="analyzing", unit="batch", progress=progress):
             ref = {k: v[0] for k, v in record(float_graph, [batch], names).items()}
             cumulative = {k: v[0] for k, v in record(sim, [batch], [dq.name for dq in dq_of.values()]).items()}
             local = _LocalInterpreter(sim, ref)

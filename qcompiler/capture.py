@@ -20,6 +20,8 @@ import torch
 import torch.fx as fx
 
 from .errors import CaptureError
+from .inputs import InputError, as_input_tuple
+from .log import logger
 
 _TORCH_DIR = os.path.dirname(torch.__file__)
 
@@ -40,16 +42,38 @@ def _decomposition_table() -> dict:
 
 
 def _as_tuple(example_inputs: Any) -> tuple:
-    if isinstance(example_inputs, torch.Tensor):
-        return (example_inputs,)
-    if isinstance(example_inputs, list):
-        return tuple(example_inputs)
-    if not isinstance(example_inputs, tuple):
-        raise CaptureError(
-            f"example_inputs must be a tensor or a tuple of the model's positional inputs, "
-            f"got {type(example_inputs).__name__}"
-        )
-    return example_inputs
+    try:
+        return as_input_tuple(example_inputs)
+    except InputError as exc:
+        raise CaptureError(str(exc)) from None
+
+
+# Modules whose forward differs between training and eval mode.
+MODE_DEPENDENT = (torch.nn.modules.batchnorm._BatchNorm, torch.nn.modules.instancenorm._InstanceNorm,
+                  torch.nn.modules.dropout._DropoutNd, torch.nn.AlphaDropout, torch.nn.FeatureAlphaDropout)
+
+
+def training_modules(model: torch.nn.Module) -> list[str]:
+    """The modules of ``model`` in training mode whose forward depends on it, as "'name'
+    (Class)": BatchNorm, InstanceNorm and dropout, else modules of the user's own classes
+    (outside torch.nn: their forward may read ``self.training``)."""
+    found = [f"'{name}' ({type(m).__name__})" for name, m in model.named_modules()
+             if m.training and isinstance(m, MODE_DEPENDENT)]
+    if not found:
+        found = [f"'{name or type(m).__name__}' ({type(m).__name__}, which may read self.training)"
+                 for name, m in model.named_modules() if m.training and not type(m).__module__.startswith("torch.")]
+    return found
+
+
+def _warn_training(model: torch.nn.Module) -> None:
+    found = training_modules(model)
+    if not found:
+        return
+    shown = ", ".join(found[:8]) + (f" and {len(found) - 8} more" if len(found) > 8 else "")
+    logger.warning(
+        "%s is in training mode (%s): qcompiler captures it in eval mode (BatchNorm uses its running statistics, "
+        "dropout is off) and leaves your model's modes as they were. Call model.eval() first to silence this.",
+        type(model).__name__, shown)
 
 
 class _ModuleStack:
@@ -89,7 +113,8 @@ def _user_frame(exc: BaseException) -> str:
     return f"{f.filename}:{f.lineno} in {f.name}: {f.line}"
 
 
-_QUIET_LOGGERS = ("torch._export", "torch.export", "torch.fx.experimental.symbolic_shapes", "torch._dynamo")
+_QUIET_LOGGERS = ("torch._export", "torch.export", "torch.fx.experimental.symbolic_shapes", "torch._dynamo",
+                  "torch.__trace")  # torch.export's DEBUG trace: floods pytest's failure reports
 
 
 @contextlib.contextmanager
@@ -145,19 +170,16 @@ def capture(model: torch.nn.Module, example_inputs: Any, *, dynamic_batch: bool 
 
     With ``dynamic_batch`` the leading dimension of every input is left symbolic where the
     model allows it (torch.export's ``Dim.AUTO``: it silently falls back to the example's
-    size if the model fixes it). The model's train/eval flag is restored afterwards.
+    size if the model fixes it). A model in training mode is captured in eval mode, with a warning (the "qcompiler"
+    logger) naming its BatchNorm/dropout modules in training mode; every module's train/eval
+    flag is restored afterwards.
     Raises CaptureError naming the model class, the submodule and the source line that failed.
     """
     if not isinstance(model, torch.nn.Module):
         raise CaptureError(f"capture() takes a torch.nn.Module, got {type(model).__name__}")
     inputs = _as_tuple(example_inputs)
-    was_training = model.training
-    if was_training:
-        warnings.warn(
-            f"{type(model).__name__} is in training mode; qcompiler captures it in eval mode "
-            "(BatchNorm uses its running statistics, dropout is off).",
-            stacklevel=2,
-        )
+    modes = {m: m.training for m in model.modules()}
+    _warn_training(model)
     model.eval()
     stack = _ModuleStack(model)
     try:
@@ -180,7 +202,8 @@ def capture(model: torch.nn.Module, example_inputs: Any, *, dynamic_batch: bool 
         ) from exc
     finally:
         stack.remove()
-        model.train(was_training)
+        for m, mode in modes.items():  # each module's own flag, as the user set it
+            m.training = mode
     for name, p in list(gm.named_parameters()):
         owner = gm.get_submodule(name.rpartition(".")[0]) if "." in name else gm
         owner._parameters[name.rpartition(".")[2]] = torch.nn.Parameter(p.detach().clone(), requires_grad=False)

@@ -72,7 +72,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, default=16, help="batch size when --calibration is one tensor")
     p.add_argument("--ptq", nargs="*", default=[], help="PTQ passes to run, e.g. bias_correction adaround")
     p.add_argument("--threads", type=int, help="threads the compiled program runs on (default: every CPU)")
-    p.add_argument("--export", metavar="DIR", help="write the library, encodings.json and the report here")
+    p.add_argument("--export", metavar="DIR", help="write the library, encodings.json, manifest.json and the report "
+                   "into DIR: a new or empty directory, or a previous export (its files are replaced)")
+    p.add_argument("--force", action="store_true", help="with --export: replace DIR whole even if it holds other files "
+                   "(never the working directory or a parent of it)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars or spinners")
     return p
 
 
@@ -81,34 +85,35 @@ def main(argv: Optional[list[str]] = None) -> int:
 
     console = Console(stderr=True)
     args = build_parser().parse_args(argv)
+    progress = False if args.no_progress else None
     try:
-        with console.status("loading the model") as status:
-            made = load_object(args.model, "model")()
-            model, example = made if isinstance(made, tuple) else (made, None)
-            if example is None:
-                if args.input_shape is None:
-                    raise QCompilerError(f"{args.model} gave no example inputs: pass --input-shape, e.g. 1,3,224,224")
-                example = torch.randn(args.input_shape)
-            calibration = load_calibration(args.calibration, args.batch)
-            if calibration is None:
-                console.print("[yellow]no --calibration: ranges come from the example input alone[/yellow]")
-            status.update(f"quantizing ({args.bits}-bit weights, {args.method} calibration)")
-            start = time.perf_counter()
-            from .compiled import compile_model
-            from .quantize import quantize
-            from .targets import get_target
+        from .compiled import compile_model
+        from .log import logger
+        from .progress import task
+        from .quantize import quantize
+        from .targets import get_target
 
-            qm = quantize(model, example, bits=args.bits, activation_bits=args.activation_bits, calibration=calibration,
-                          method=args.method, ptq=args.ptq, scheme=get_target(args.target).scheme(), progress=False)
-            quantize_s = time.perf_counter() - start
-            status.update(f"lowering and building for {args.target}")
-            cm = compile_model(qm, args.target, threads=args.threads)
-            cm.timings = {"quantize": quantize_s, **cm.timings}
-            status.update("measuring the report")
+        with task("loading the model", progress):
+            made = load_object(args.model, "model")()
+        model, example = made if isinstance(made, tuple) else (made, None)
+        if example is None:
+            if args.input_shape is None:
+                raise QCompilerError(f"{args.model} gave no example inputs: pass --input-shape, e.g. 1,3,224,224")
+            example = torch.randn(args.input_shape)
+        calibration = load_calibration(args.calibration, args.batch)
+        if calibration is None:
+            logger.warning("no --calibration: ranges come from the example input alone")
+        start = time.perf_counter()
+        qm = quantize(model, example, bits=args.bits, activation_bits=args.activation_bits, calibration=calibration,
+                      method=args.method, ptq=args.ptq, scheme=get_target(args.target).scheme(), progress=progress)
+        quantize_s = time.perf_counter() - start
+        cm = compile_model(qm, args.target, threads=args.threads, progress=progress)
+        cm.timings = {"quantize": quantize_s, **cm.timings}
+        with task("measuring the report", progress):
             report = cm.report()
         print(report)
         if args.export:
-            path = cm.export(args.export)
+            path = cm.export(args.export, overwrite=args.force)
             print(f"exported to {path}")
     except QCompilerError as exc:
         console.print(f"[red]qcompile: {exc}[/red]")

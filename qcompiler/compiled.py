@@ -4,7 +4,8 @@
     y = cm(x)              # float in, float out: quantize at the edges, integer program inside
     q = cm.run_int(qx)     # integer tensors in and out (the edges' encodings: cm.input_encodings)
     print(cm.report())     # per pass and per layer: time, error vs float, bytes
-    cm.export("out/")      # library + encodings.json + report, written atomically
+    cm.export("out/")      # library + encodings.json + manifest.json + report.txt (qcompiler.export)
+    m = qcompiler.load("out/")   # the exported library loaded back: m(x) == cm(x)
 
 Every build equals ``qm.interpret`` bit for bit (tests/test_lower_host.py); the shapes are
 the example inputs' (static), and a call with another shape or dtype is an error that says
@@ -15,8 +16,6 @@ from __future__ import annotations
 import copy
 import json
 import os
-import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Optional
@@ -26,12 +25,14 @@ import torch
 import torch.fx as fx
 
 from .errors import QCompilerError
+from .export import ExportError, read_manifest, write_export
+from .inputs import as_input_tuple, check_built_inputs
 from .integer_ops import op_of
+from .log import native_output_captured
+from .progress import task
 from .quantize import QuantizedModel
 
-
-class ExportError(QCompilerError):
-    """A compiled model could not be exported (the directory is left as it was)."""
+__all__ = ["CompiledModel", "LoadedModel", "ExportError", "compile_model", "qcompile", "load", "integer_core"]
 
 
 def _flat_inputs(inputs: Any) -> tuple:
@@ -81,7 +82,7 @@ def integer_core(program: fx.GraphModule) -> tuple[fx.GraphModule, list[dict], l
             break
         env[node] = graph.node_copy(node, lambda n: env[n])
     graph.eliminate_dead_code()
-    graph._codegen = copy.deepcopy(program.graph._codegen)  # the same input/output structure
+    graph._codegen = copy.copy(program.graph._codegen)  # the same input/output structure (tree specs are immutable)
     return fx.GraphModule(program, graph), encodings, out_encodings
 
 
@@ -109,20 +110,7 @@ class CompiledModel:
         return list(self.runtime.input_types)
 
     def _check(self, inputs: tuple, types: list, what: str) -> list[np.ndarray]:
-        if len(inputs) != len(types):
-            raise QCompilerError(f"{what} takes {len(types)} input(s) ({self._describe(types)}), got {len(inputs)}")
-        arrays = []
-        for i, (value, (shape, dtype)) in enumerate(zip(inputs, types)):
-            array = value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
-            if tuple(array.shape) != tuple(shape) or array.dtype != np.dtype(dtype):
-                hint = ""
-                if tuple(array.shape) != tuple(shape):
-                    hint = " (shapes are static: compile again with an example input of the new shape)"
-                elif np.issubdtype(array.dtype, np.floating):
-                    hint = f" (convert it: x.to(torch.{dtype}))"
-                raise QCompilerError(f"{what}: input {i} expected {dtype} {list(shape)}, got {array.dtype} {list(array.shape)}{hint}")
-            arrays.append(np.ascontiguousarray(array))
-        return arrays
+        return check_built_inputs(inputs, types, what)
 
     @staticmethod
     def _describe(types: list) -> str:
@@ -176,69 +164,120 @@ class CompiledModel:
 
         return compile_report(self, data, repeats)
 
-    def export(self, directory: str | os.PathLike) -> Path:
-        """Write the target library, ``encodings.json`` and ``report.txt`` into ``directory``,
-        atomically: everything goes to a temporary sibling first, which replaces
-        ``directory`` only when complete. A failure leaves ``directory`` as it was."""
-        directory = Path(directory).resolve()
-        parent = directory.parent
-        try:
-            parent.mkdir(parents=True, exist_ok=True)
-            staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=parent))
-        except OSError as exc:
-            raise ExportError(f"cannot export to {directory}: {exc.strerror or exc} (choose a writable directory)") from exc
-        try:
-            library = staging / f"model{self.target.library_suffix}"
-            self.runtime.export_library(str(library))
-            manifest = {"target": self.target.name, "library": library.name,
-                        "inputs": [{"shape": list(s), "dtype": d} for s, d in self.input_types],
-                        "scheme": self.qm.scheme.describe(), "timings_s": self.timings}
-            (staging / "encodings.json").write_text(json.dumps(self.encodings(), indent=1))
-            (staging / "manifest.json").write_text(json.dumps(manifest, indent=1))
-            (staging / "report.txt").write_text(str(self.report()))
-            if directory.exists():
-                backup = Path(tempfile.mkdtemp(prefix=f".{directory.name}.old.", dir=parent))
-                os.replace(directory, backup / "old")
-                os.replace(staging, directory)
-                shutil.rmtree(backup, ignore_errors=True)
-            else:
-                os.replace(staging, directory)
-        except BaseException as exc:
-            shutil.rmtree(staging, ignore_errors=True)
-            if isinstance(exc, OSError):
-                raise ExportError(f"cannot export to {directory}: {exc.strerror or exc}") from exc
-            raise
-        return directory
+    def export(self, directory: str | os.PathLike, overwrite: bool = False) -> Path:
+        """Write the target library (``model.so``), ``encodings.json``, ``manifest.json`` and
+        ``report.txt`` into ``directory``: a new or empty directory, or one holding a previous
+        qcompiler export, whose files (and only those) are replaced; any other non-empty
+        directory is refused unless ``overwrite=True``, which replaces it whole (never the
+        working directory or a parent of it). Atomic: a failure leaves ``directory`` as it
+        was. Load it back with ``qcompiler.load(directory)``. Rules: qcompiler.export.
+        Raises ExportError naming the directory and the fix."""
+        from torch.utils._pytree import treespec_dumps
+
+        library = f"model{self.target.library_suffix}"
+        out_spec = getattr(self.runtime, "out_spec", None)
+
+        def write_library(path: Path) -> None:
+            with native_output_captured("TVM"):
+                self.runtime.export_library(str(path))
+
+        manifest = {"target": self.target.name, "library": library,
+                    "inputs": [{"shape": list(s), "dtype": d} for s, d in self.input_types],
+                    "output_spec": treespec_dumps(out_spec) if out_spec is not None else None,
+                    "scheme": self.qm.scheme.describe(), "timings_s": self.timings}
+        files = {library: write_library,
+                 "encodings.json": lambda path: path.write_text(json.dumps(self.encodings(), indent=1)),
+                 "report.txt": lambda path: path.write_text(str(self.report()))}
+        return write_export(directory, files, manifest, overwrite=overwrite)
 
     def __repr__(self) -> str:
         return (f"CompiledModel(target={self.target.name}, inputs {self._describe(self.input_types)}, "
                 f"{self.qm.scheme.describe()})")
 
 
-def compile_model(qm: QuantizedModel, target: str = "host", threads: Optional[int] = None) -> CompiledModel:
+def compile_model(qm: QuantizedModel, target: str = "host", threads: Optional[int] = None,
+                  progress: Optional[bool] = None) -> CompiledModel:
     """Build ``qm``'s integer program for ``target`` (see qcompiler.targets.TARGETS), its
-    kernels tiled for and run on ``threads`` threads (default: every CPU)."""
+    kernels tiled for and run on ``threads`` threads (default: every CPU). ``progress``:
+    a spinner naming the stage (lowering, building), see qcompiler.progress. What TVM
+    prints while building goes to the "qcompiler" logger at DEBUG (qcompiler.log)."""
     from .targets import get_target
 
     info = get_target(target)
     start = time.perf_counter()
-    runtime = info.build(qm.program, qm.example_inputs, threads=threads)
+    with task(f"compiling for {info.name}", progress), native_output_captured("TVM"):
+        runtime = info.build(qm.program, qm.example_inputs, threads=threads)
     return CompiledModel(qm, info, runtime, qm.example_inputs, {"lower + build": time.perf_counter() - start})
 
 
 def qcompile(model: torch.nn.Module, example_inputs: Any, target: str = "host", bits: int = 8,
-             threads: Optional[int] = None, **quantize_kwargs: Any) -> CompiledModel:
+             threads: Optional[int] = None, progress: Optional[bool] = None, **quantize_kwargs: Any) -> CompiledModel:
     """``quantize`` with the target's scheme, then ``compile``: the one-line promise.
-    ``threads``: see ``compile_model``. ``quantize_kwargs`` go to qcompiler.quantize
-    (calibration, method, passes, ptq, overrides...)."""
+    ``threads``: see ``compile_model``; ``progress``: see qcompiler.progress.
+    ``quantize_kwargs`` go to qcompiler.quantize (calibration, method, passes, ptq, overrides...)."""
     from .quantize import quantize
     from .targets import get_target
 
     info = get_target(target)
     quantize_kwargs.setdefault("scheme", info.scheme())
     start = time.perf_counter()
-    qm = quantize(model, example_inputs, bits=bits, **quantize_kwargs)
+    qm = quantize(model, example_inputs, bits=bits, progress=progress, **quantize_kwargs)
     quantize_seconds = time.perf_counter() - start
-    cm = compile_model(qm, info, threads=threads)
+    cm = compile_model(qm, info, threads=threads, progress=progress)
     cm.timings = {"quantize": quantize_seconds, **cm.timings}
     return cm
+
+
+class LoadedModel:
+    """An exported library loaded back (``qcompiler.load``): ``m(x)`` is float in, float out,
+    bit for bit what the CompiledModel that exported it gives. Host libraries are loaded
+    into this process (TVM's Relax VM); arm_cpu libraries run under qemu-aarch64 as they do
+    when compiled.
+
+    directory: the export directory; manifest: its manifest.json; encodings: its
+    encodings.json (how each tensor is quantized); runtime: the target's runtime.
+    """
+
+    def __init__(self, directory: Path, manifest: dict, encodings: dict, runtime: Any, target: Any):
+        self.directory = directory
+        self.manifest = manifest
+        self.encodings = encodings
+        self.runtime = runtime
+        self.target = target
+
+    @property
+    def input_types(self) -> list[tuple[tuple[int, ...], str]]:
+        return [(tuple(i["shape"]), i["dtype"]) for i in self.manifest["inputs"]]
+
+    def __call__(self, *inputs: Any) -> Any:
+        arrays = check_built_inputs(inputs, self.input_types, f"the model loaded from {self.directory}")
+        return self.runtime(*arrays)
+
+    def __repr__(self) -> str:
+        types = ", ".join(f"{dtype} {list(shape)}" for shape, dtype in self.input_types)
+        return f"LoadedModel({self.directory}, target={self.target.name}, inputs {types})"
+
+
+def load(directory: str | os.PathLike) -> LoadedModel:
+    """Load the export in ``directory`` (written by ``cm.export``) to run it: host libraries
+    in this process, arm_cpu libraries under qemu-aarch64 (scripts/setup-arm.sh). Raises
+    ExportError when the directory holds no qcompiler export or its library is missing."""
+    from torch.utils._pytree import treespec_loads
+
+    from .targets import get_target
+
+    directory, manifest = read_manifest(directory)
+    info = get_target(manifest["target"])
+    library = directory / manifest["library"]
+    if not library.is_file():
+        raise ExportError(f"{directory}: the library {manifest['library']} listed in its manifest is missing; export again")
+    try:
+        encodings = json.loads((directory / "encodings.json").read_text())
+    except (OSError, ValueError):
+        encodings = {}
+    spec = manifest.get("output_spec")
+    out_spec = treespec_loads(spec) if spec else None
+    types = [(tuple(i["shape"]), i["dtype"]) for i in manifest["inputs"]]
+    with native_output_captured("TVM"):
+        runtime = info.load(library, types, out_spec)
+    return LoadedModel(directory, manifest, encodings, runtime, info)

@@ -61,6 +61,8 @@ class _Converter:
         self.values: dict[fx.Node, Any] = {}  # sim node -> new node (float tensors, sizes, ...)
         self.n_const = 0
         self.names: set[str] = set()
+        # nodes an override keeps in float: they run as float ops in the program too
+        self.float_nodes = {name for name, o in sim.meta.get("qc_overrides", {}).items() if getattr(o, "float", False)}
         with warnings.catch_warnings():  # torch's pytree warns when its specs are copied
             warnings.simplefilter("ignore", FutureWarning)
             self.graph._codegen = copy.deepcopy(sim.graph._codegen)  # same input/output structure as the model
@@ -215,6 +217,12 @@ class _Converter:
             acts.insert(0, base)
             base = base.args[0]
         kind = op_kind(base.target)
+        kept_float = [n.name for n in acts if n.name in self.float_nodes]
+        if kept_float:
+            raise ConversionError(f"{node_label(base)}: the activation(s) {kept_float} fused after it are kept in float by "
+                                  f"an override, but it is not: override '{base.name}' as 'float' too")
+        if base.name in self.float_nodes and not acts:
+            return self.fallback(base, out, q)
         if kind == WEIGHTED:
             return self.weighted(base, acts, out, q)
         if base.target in (aten.add.Tensor, aten.sub.Tensor):

@@ -22,6 +22,7 @@ import torch.fx as fx
 from torch.utils._pytree import tree_leaves
 
 from .errors import PassError, PassOrderError, QCompilerError, did_you_mean
+from .inputs import InputError
 from .verify import verify_graph
 
 PRESERVES_KINDS = ("function", "function_up_to_fp", "nothing")
@@ -45,12 +46,15 @@ class PassContext:
     """Shared by the passes of one PassManager run.
 
     ``example_inputs`` are the inputs verify mode runs; ``state`` is a dict passes may use to
-    hand information to later passes; ``notes`` collects per-pass remarks for the report.
+    hand information to later passes; ``notes`` collects per-pass remarks for the report;
+    ``progress`` is whether a long pass shows a progress bar (None: on a terminal or in a
+    notebook; qcompiler.progress).
     """
 
     example_inputs: Optional[tuple] = None
     state: dict = field(default_factory=dict)
     notes: dict = field(default_factory=dict)
+    progress: Optional[bool] = None
 
 
 class Pass:
@@ -348,6 +352,8 @@ class PassManager:
                 start = time.perf_counter()
                 try:
                     result = p(gm, ctx)
+                except InputError:
+                    raise  # the user's data is at fault, not the pass: the error says which batch and why
                 except Exception as exc:
                     history = ", ".join(f"'{d}'" for d in done) or "none"
                     kind = type(exc).__name__

@@ -10,6 +10,7 @@ import torch.fx as fx
 from .capture import capture
 from .errors import QCompilerError
 from .graph import clone_graph
+from .inputs import InputSpec, as_input_tuple, calibration_source, check_inputs, input_specs
 from .pass_manager import PassContext, PassLike, PassManager, PassReport
 from .scheme import QuantScheme, host_scheme
 
@@ -25,6 +26,8 @@ class QuantizedModel:
     program:     the integer program; interpret(x): run it exactly (numpy).
     report:      the pass report.
     scheme:      the QuantScheme used; qparams: {value node: (scale, zero point, spec)}.
+    input_specs: the inputs every entry point accepts (shape, with None for a dynamic
+                 batch dimension, and dtype); a wrong input is a qcompiler.inputs.InputError.
     """
 
     def __init__(self, float_graph: fx.GraphModule, graph: fx.GraphModule, scheme: QuantScheme, report: PassReport,
@@ -34,7 +37,12 @@ class QuantizedModel:
         self.scheme = scheme
         self.report = report
         self.example_inputs = example_inputs
+        self.input_specs: list[InputSpec] = input_specs(graph, example_inputs)
         self._program: Optional[fx.GraphModule] = None
+
+    def check_inputs(self, inputs: Any, where: str, batch: Optional[int] = None) -> tuple:
+        """``inputs`` as a tuple, checked against ``input_specs`` (InputError otherwise)."""
+        return check_inputs(self.input_specs, inputs, where, batch)
 
     @property
     def program(self) -> fx.GraphModule:
@@ -49,18 +57,22 @@ class QuantizedModel:
         """Run the integer program exactly (numpy; the reference every target must equal)."""
         from .interpreter import interpret
 
-        return interpret(self.program, *inputs)
+        return interpret(self.program, *self.check_inputs(inputs, "qm.interpret"))
 
-    def analyze(self, data: Iterable, max_batches: int = 8):
+    def analyze(self, data: Iterable, max_batches: int = 8, progress: Optional[bool] = None):
         """Per quantized value: SQNR of its output when only it is quantized and when
         everything up to it is, worst first (qcompiler.analysis). ``data``: batches as for
-        calibration. The node names it prints are the keys ``overrides`` takes."""
+        calibration (a DataLoader, a list of batches, or one tensor of samples), at most
+        ``max_batches`` of them. The node names it prints are the keys ``overrides`` takes.
+        ``progress``: see qcompiler.progress."""
         from .analysis import analyze
         from .passes.calibrate import batch_inputs
 
         n_inputs = len(self.example_inputs)
-        batches = [batch_inputs(b, n_inputs, i) for i, b in zip(range(max_batches), data)]
-        return analyze(self.graph, self.float_graph, batches)
+        source = calibration_source(data, self.input_specs)
+        batches = [self.check_inputs(batch_inputs(b, n_inputs, i), "qm.analyze data", batch=i)
+                   for i, b in zip(range(max_batches), source)]
+        return analyze(self.graph, self.float_graph, batches, progress=progress)
 
     def trainable(self) -> fx.GraphModule:
         """A differentiable copy of the simulation (straight-through estimator) whose
@@ -82,21 +94,23 @@ class QuantizedModel:
 
     def simulate(self, *inputs: Any) -> Any:
         """Run the simulation (fake-quantized float ops) on ``inputs``."""
+        inputs = self.check_inputs(inputs, "qm.simulate")
         with torch.no_grad():
             return self.graph(*inputs)
 
     def float(self, *inputs: Any) -> Any:
         """Run the float reference (after the float passes)."""
+        inputs = self.check_inputs(inputs, "qm.float")
         with torch.no_grad():
             return self.float_graph(*inputs)
 
-    def compile(self, target: str = "host", threads: Optional[int] = None):
+    def compile(self, target: str = "host", threads: Optional[int] = None, progress: Optional[bool] = None):
         """Build the integer program for ``target`` ("host", ...): a CompiledModel that
         equals ``interpret`` bit for bit (qcompiler.compiled); ``threads``: how many threads
-        it runs on (default: every CPU)."""
+        it runs on (default: every CPU); ``progress``: see qcompiler.progress."""
         from .compiled import compile_model
 
-        return compile_model(self, target, threads=threads)
+        return compile_model(self, target, threads=threads, progress=progress)
 
     def __repr__(self) -> str:
         return f"QuantizedModel({self.scheme.describe()}, {len(self.qparams)} quantized activations)"
@@ -116,6 +130,11 @@ def quantize(model: torch.nn.Module, example_inputs: Any, bits: int = 8, activat
     activations, or a full ``scheme``), calibrate on ``calibration`` (a DataLoader or any
     iterable of batches; default: the example inputs) with ``method`` (minmax, mse,
     percentile), then the PTQ passes in ``ptq`` (e.g. "bias_correction", "adaround").
+    ``example_inputs``: a tensor, or a tuple/list of the model's positional inputs. A single
+    tensor as ``calibration`` is a set of samples along dimension 0, split into batches
+    (qcompiler.inputs.calibration_source); every batch is checked against the example's
+    shapes (InputError naming the batch otherwise). ``progress``: show progress bars
+    (None: on a terminal or in a notebook; see qcompiler.progress).
     ``overrides`` maps node names or op names to "float" or {"weights"/"activations": QuantSpec};
     a key that is both a node name and an op's short name (a node called "hardtanh") means
     the node; write the full op name ("aten.hardtanh.default") to mean every such op.
@@ -123,13 +142,13 @@ def quantize(model: torch.nn.Module, example_inputs: Any, bits: int = 8, activat
     from .passes import Calibrate, InsertQuantizers  # noqa: F401  (registers them)
 
     q_scheme = make_scheme(bits, activation_bits, scheme)
-    gm = model if isinstance(model, fx.GraphModule) else capture(model, example_inputs)
-    inputs = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
-    if calibration is None:
-        calibration = [inputs]
+    inputs = as_input_tuple(example_inputs)
+    gm = model if isinstance(model, fx.GraphModule) else capture(model, inputs)
+    calibration = [inputs] if calibration is None else calibration_source(calibration, input_specs(gm, inputs))
     float_result = PassManager(list(passes), verify=verify).run(gm, inputs)
     float_graph = clone_graph(float_result.gm)
-    ctx = PassContext(example_inputs=inputs, state={"calibration": calibration, "float_graph": float_graph})
+    ctx = PassContext(example_inputs=inputs, state={"calibration": calibration, "float_graph": float_graph},
+                      progress=progress)
     quant_passes = [InsertQuantizers(q_scheme, overrides, method), Calibrate(progress=progress), *ptq]
     result = PassManager(quant_passes).run(float_result.gm, inputs, ctx)
     report = PassReport(float_result.report.records + result.report.records)
@@ -141,7 +160,7 @@ def from_pt2e(graph: fx.GraphModule, example_inputs: Any, float_graph: Optional[
     ``quantized_decomposed``, e.g. torchao's XNNPACKQuantizer) as it is: the result has
     ``simulate`` (the graph itself), ``program`` and ``interpret``. Pass the float graph too
     for ``analyze``."""
-    inputs = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
+    inputs = as_input_tuple(example_inputs)
     scheme = QuantScheme()
     from .verify import verify_graph
 

@@ -136,8 +136,12 @@ class QuantScheme:
 
 def _check(bits: int, allowed, what: str) -> int:
     if bits not in allowed:
-        lo, hi = min(allowed), max(allowed)
-        raise SchemeError(f"{what} bits must be in {list(allowed) if len(allowed) < 4 else f'{lo}–{hi}'}, got {bits}")
+        values = sorted(allowed)
+        if len(values) < 4:
+            choices = " or ".join(str(v) for v in values)
+        else:
+            choices = f"an integer from {values[0]} to {values[-1]}"
+        raise SchemeError(f"{what} bits must be {choices}, got {bits}")
     return bits
 
 

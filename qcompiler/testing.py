@@ -1,12 +1,17 @@
 """Property testing for passes: hypothesis strategies that build random float models, and
 ``assert_preserves``, which checks that a pass keeps the function it declares it keeps.
 
-    from hypothesis import given
-    from qcompiler.testing import float_models, assert_preserves
+    from qcompiler.testing import assert_preserves, float_models, given
 
     @given(float_models())
     def test_my_pass(case):
         assert_preserves("my_pass", case.model, case.inputs)
+
+``given`` is hypothesis's ``given`` with qcompiler's settings (``SETTINGS``): no deadline
+(capturing and compiling a model takes about a second), ``QCOMPILER_EXAMPLES`` examples (200
+by default), derandomized unless ``QCOMPILER_RANDOM`` is set. It works wherever the test
+runs, with no conftest. A ``@settings(...)`` below ``@given`` replaces them for that test
+(derive it from ``SETTINGS`` to keep no deadline: ``@settings(SETTINGS, max_examples=30)``).
 
 The models mix conv (any kernel, stride, padding, dilation; depthwise and grouped; with or
 without bias), BatchNorm, relu/relu6/hardswish/clamp, residual add, concat, avg/max pool,
@@ -20,6 +25,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence, Union
 
+import hypothesis
 import torch
 import torch.fx as fx
 import torch.nn as nn
@@ -33,10 +39,24 @@ from .pass_manager import PassLike, PassManager, PassManagerResult, get_pass
 
 EXAMPLES = int(os.environ.get("QCOMPILER_EXAMPLES", "200"))
 
-settings.register_profile(
-    "qcompiler", max_examples=EXAMPLES, deadline=None, derandomize=os.environ.get("QCOMPILER_RANDOM") is None,
+# qcompiler's hypothesis settings: what ``given`` applies, and the "qcompiler" profile.
+SETTINGS = settings(
+    max_examples=EXAMPLES, deadline=None, derandomize=os.environ.get("QCOMPILER_RANDOM") is None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large], print_blob=True,
 )
+settings.register_profile("qcompiler", SETTINGS)
+
+
+def given(*strategies: Any, **named: Any) -> Any:
+    """``hypothesis.given`` with qcompiler's ``SETTINGS`` (no deadline, ``QCOMPILER_EXAMPLES``
+    examples), unless the test carries its own ``@settings`` (placed below ``@given``)."""
+    def decorate(test: Any) -> Any:
+        wrapped = hypothesis.given(*strategies, **named)(test)
+        if getattr(test, "_hypothesis_internal_settings_applied", False):  # the user's own @settings win
+            return wrapped
+        return SETTINGS(wrapped)
+
+    return decorate
 
 ACTIVATIONS = ("relu", "relu6", "hardswish", "clamp", "leaky_relu")
 

@@ -31,7 +31,9 @@ class TargetInfo:
         ``threads``) and returning a runtime with
         ``run(*arrays) -> list[np.ndarray]``, ``input_types`` and ``export_library(path)``.
     library_suffix: file name suffix of the exported library.
-    options: fixed keyword arguments of the builder (e.g. the arm variant).
+    options: fixed keyword arguments of the builder and the loader (e.g. the arm variant).
+    loader: "module:function" taking (library path, input types, output tree spec,
+        **options) and returning a runtime of an exported library (``qcompiler.load``).
     """
 
     name: str
@@ -40,6 +42,13 @@ class TargetInfo:
     builder: str
     library_suffix: str = ".so"
     options: tuple[tuple[str, Any], ...] = ()
+    loader: str = ""
+
+    def load(self, library: Any, input_types: list, out_spec: Any = None) -> Any:
+        if not self.loader:
+            raise TargetError(f"target {self.name} cannot load an exported library back")
+        module, function = self.loader.split(":")
+        return getattr(importlib.import_module(module), function)(library, input_types, out_spec, **dict(self.options))
 
     def build(self, program: Any, example_inputs: Any, **options: Any) -> Any:
         module, function = self.builder.split(":")
@@ -49,16 +58,18 @@ class TargetInfo:
 
 TARGETS: dict[str, TargetInfo] = {
     "host": TargetInfo("host", "this machine's CPU (LLVM, x86-64), run in-process through TVM's Relax VM",
-                       host_scheme, "qcompiler.targets.host:compile_host"),
+                       host_scheme, "qcompiler.targets.host:compile_host", loader="qcompiler.targets.host:load_host"),
     "arm_cpu": TargetInfo("arm_cpu", "aarch64 Cortex-A76 class (NEON + dotprod): our sdot kernels, cross-built and run "
                           "here under qemu-aarch64 -cpu cortex-a76 (needs scripts/setup-arm.sh)",
-                          arm_scheme, "qcompiler.targets.arm_cpu:compile_arm", options=(("variant", "arm_cpu"),)),
+                          arm_scheme, "qcompiler.targets.arm_cpu:compile_arm", options=(("variant", "arm_cpu"),),
+                          loader="qcompiler.targets.arm_cpu:load_arm"),
     "arm_cpu_a53": TargetInfo("arm_cpu_a53", "aarch64 Cortex-A53 class (NEON, no dotprod): TVM's generic kernels, "
                               "run under qemu-aarch64 -cpu cortex-a53", arm_scheme,
-                              "qcompiler.targets.arm_cpu:compile_arm", options=(("variant", "arm_cpu_a53"),)),
+                              "qcompiler.targets.arm_cpu:compile_arm", options=(("variant", "arm_cpu_a53"),),
+                              loader="qcompiler.targets.arm_cpu:load_arm"),
     "arm_cpu_i8mm": TargetInfo("arm_cpu_i8mm", "aarch64 with i8mm (Neoverse-N2 / Cortex-X2 class): smmla GEMMs, run "
                                "under qemu-aarch64 -cpu max", arm_scheme, "qcompiler.targets.arm_cpu:compile_arm",
-                               options=(("variant", "arm_cpu_i8mm"),)),
+                               options=(("variant", "arm_cpu_i8mm"),), loader="qcompiler.targets.arm_cpu:load_arm"),
 }
 
 

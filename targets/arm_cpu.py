@@ -31,6 +31,7 @@ import tvm
 from tvm import relax
 
 from qcompiler.errors import QCompilerError
+from qcompiler.progress import stage
 
 from .cpu_schedule import cpu_pipeline
 from .host import _out_spec, function_input_types, input_array, output_structure
@@ -346,10 +347,22 @@ def compile_arm(program: fx.GraphModule, example_inputs: Any, variant: str = "ar
     if isinstance(example_inputs, (torch.Tensor, np.ndarray)):
         example_inputs = (example_inputs,)
     start = time.perf_counter()
-    runtime = build_arm(lower(program, example_inputs, target_lowerings=arm_lowerings(variant)), variant)
+    stage("lowering to Relax")
+    mod = lower(program, example_inputs, target_lowerings=arm_lowerings(variant))
+    stage("building with TVM (LLVM, aarch64) and the cross compiler")
+    runtime = build_arm(mod, variant)
     runtime.out_spec = _out_spec(program)
     runtime.build_seconds = time.perf_counter() - start
     return runtime
+
+
+def load_arm(library: Any, input_types: list, out_spec: Any = None, variant: str = "arm_cpu") -> ArmRuntime:
+    """The runtime of an aarch64 library exported by ``CompiledModel.export``: run under
+    qemu-aarch64 for ``variant``'s CPU by the runner (scripts/setup-arm.sh); ``input_types``:
+    (shape, dtype) per input, from the export's manifest."""
+    _require_tools()
+    return ArmRuntime(Path(library), [(tuple(shape), dtype) for shape, dtype in input_types], get_variant(variant),
+                      out_spec=out_spec)
 
 
 def build_arm(mod: tvm.IRModule, variant: str = "arm_cpu", scheduled: bool = True) -> ArmRuntime:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import shutil
 import time
 from functools import lru_cache
 from typing import Any, Callable, Optional
@@ -22,6 +23,7 @@ import tvm
 from tvm import relax
 
 from qcompiler.errors import QCompilerError
+from qcompiler.progress import stage
 
 from .cpu_schedule import cpu_pipeline
 from .lower import LOWERINGS, LowerContext, lower
@@ -133,12 +135,16 @@ class HostRuntime:
     leaves as numpy arrays; calling it returns torch tensors in the program's output
     structure (given ``out_spec``)."""
 
-    def __init__(self, executable: relax.VMExecutable, mod: tvm.IRModule, build_seconds: float = 0.0,
-                 out_spec: Any = None, function: str = "main", loaded: Any = None, threads: Optional[int] = None):
-        """``loaded``: the executable's module, already loaded (``executable.jit()``), to
-        share one load between runtimes of several functions of one build. ``threads``: how
-        many threads its parallel kernels run on (default: TVM_NUM_THREADS, all CPUs)."""
+    def __init__(self, executable: Optional[relax.VMExecutable], mod: Optional[tvm.IRModule], build_seconds: float = 0.0,
+                 out_spec: Any = None, function: str = "main", loaded: Any = None, threads: Optional[int] = None,
+                 input_types: Optional[list] = None, library: Optional[str] = None):
+        """``loaded``: the executable's module, already loaded (``executable.jit()``, or
+        ``tvm.runtime.load_module`` of an exported ``library``: then ``executable`` and
+        ``mod`` are None and ``input_types`` are given), to share one load between runtimes
+        of several functions of one build. ``threads``: how many threads its parallel
+        kernels run on (default: TVM_NUM_THREADS, all CPUs)."""
         self.executable = executable
+        self.library = library
         self.mod = mod
         self.build_seconds = build_seconds
         self.out_spec = out_spec
@@ -146,7 +152,7 @@ class HostRuntime:
         self.device = tvm.cpu()
         self.threads = int(threads or os.environ.get("TVM_NUM_THREADS") or available_cpus())
         self.vm = relax.VirtualMachine(loaded if loaded is not None else executable.jit(), self.device)
-        self.input_types = function_input_types(mod[function])
+        self.input_types = input_types if input_types is not None else function_input_types(mod[function])
 
     def _input(self, i: int, value: Any) -> tvm.runtime.Tensor:
         return tvm.runtime.tensor(input_array(i, value, *self.input_types[i]), self.device)
@@ -164,7 +170,10 @@ class HostRuntime:
     def export_library(self, path: str) -> None:
         """Write the built program as a shared library (load it with
         ``tvm.runtime.load_module`` and run it with ``relax.VirtualMachine``)."""
-        self.executable.export_library(path)
+        if self.executable is None:
+            shutil.copyfile(self.library, path)
+        else:
+            self.executable.export_library(path)
 
     def profile(self, *inputs: Any) -> list[tuple[str, float]]:
         """One run, timing every kernel call: [(kernel name, seconds)] in call order (VM
@@ -292,7 +301,21 @@ def compile_host(program: fx.GraphModule, example_inputs: Any, target: Optional[
     thread pool (TVM_NUM_THREADS, or ``runtime.config_threadpool``)."""
     if isinstance(example_inputs, (torch.Tensor, np.ndarray)):
         example_inputs = (example_inputs,)
-    runtime = build_host(lower(program, example_inputs, target_lowerings=host_lowerings(threads) if scheduled else None), target,
-                         scheduled=scheduled, threads=threads)
+    stage("lowering to Relax")
+    mod = lower(program, example_inputs, target_lowerings=host_lowerings(threads) if scheduled else None)
+    stage("building with TVM (LLVM)")
+    runtime = build_host(mod, target, scheduled=scheduled, threads=threads)
     runtime.out_spec = _out_spec(program)
     return runtime
+
+
+def load_host(library: Any, input_types: list, out_spec: Any = None, threads: Optional[int] = None) -> HostRuntime:
+    """The runtime of a host library exported by ``CompiledModel.export`` (``model.so``):
+    loaded with ``tvm.runtime.load_module`` into a Relax VirtualMachine; ``input_types``:
+    (shape, dtype) per input, from the export's manifest."""
+    try:
+        loaded = tvm.runtime.load_module(str(library))
+    except Exception as exc:
+        raise QCompilerError(f"cannot load {library} on this machine: {type(exc).__name__}: {exc}") from exc
+    return HostRuntime(None, None, out_spec=out_spec, loaded=loaded, threads=threads,
+                       input_types=[(tuple(shape), dtype) for shape, dtype in input_types], library=str(library))

@@ -1,3 +1,4 @@
+import logging
 import warnings
 
 import pytest
@@ -63,11 +64,13 @@ def test_capture_does_not_alias_the_model_parameters():
             assert t.data_ptr() != p.data_ptr(), f"{name} shares storage with the model"
 
 
-def test_training_model_is_captured_in_eval_mode_and_flag_restored():
+def test_training_model_is_captured_in_eval_mode_and_flag_restored(caplog):
     model = SmallNet().train()
     x = torch.randn(2, 3, 8, 8)
-    with pytest.warns(UserWarning, match="training mode; qcompiler captures it in eval mode"):
+    with caplog.at_level(logging.WARNING, logger="qcompiler"):
         gm = qcompiler.capture(model, x)
+    assert any("training mode ('bn' (BatchNorm2d)): qcompiler captures it in eval mode" in r.getMessage()
+               for r in caplog.records if r.name == "qcompiler")
     assert model.training, "the model's training flag must be restored"
     targets = {str(n.target) for n in gm.graph.nodes}
     assert "aten._native_batch_norm_legit_no_training.default" in targets

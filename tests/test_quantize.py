@@ -164,3 +164,22 @@ def test_trainable_simulation_passes_gradients_and_matches_the_simulation():
     for p in params:
         assert p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0
     assert qcompiler.count_ops(qm.graph)["quantized_decomposed.quantize_per_tensor.default"] == 5  # the simulation is untouched
+
+
+@pytest.mark.parametrize("key", ["aten.mean.dim", "mean", "convolution_1"])
+def test_a_float_override_runs_in_float_in_the_integer_program_too(key):
+    """An op kept in float by an override is a float op between dequantize and quantize in
+    the program as in the simulation, not silently converted to an integer op."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                          nn.Linear(8, 4)).eval()
+    x = torch.randn(2, 3, 10, 10)
+    qm = qcompiler.quantize(model, x, overrides={key: "float"}, progress=False)
+    kept = [n for n in qm.program.graph.nodes if n.meta.get("qc_float_fallback")]
+    expected = torch.ops.aten.convolution.default if key == "convolution_1" else torch.ops.aten.mean.dim
+    assert [n.target for n in kept] == [expected]
+    integer_targets = {n.target for n in qm.program.graph.nodes}
+    assert (torch.ops.qcompiler.mean.default in integer_targets) == (key == "convolution_1")
+    out, sim = qm.interpret(x), qm.simulate(x)
+    step = max(s for s, _, _ in qm.qparams.values())
+    assert (out - sim).abs().max() <= 4 * step

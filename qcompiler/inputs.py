@@ -1,0 +1,172 @@
+"""The model's inputs: what shapes and dtypes a captured model takes, and one check used at
+every entry point (``simulate``, ``interpret``, calibration, ``analyze``, ``run_int``), so
+that a wrong input is an error naming the entry point, the input (and the calibration
+batch), the expected and the given shape, and the fix, never a guard failure from inside
+torch or a reshape error from inside the interpreter.
+
+    specs = input_specs(gm, example_inputs)        # [InputSpec("x", (None, 3, 32, 32), torch.float32)]
+    check_inputs(specs, (x,), "qm.simulate")       # raises InputError, or returns the inputs
+
+A dimension is ``None`` when ``torch.export`` kept it symbolic (the batch dimension, where the
+model allows it): any size is accepted there.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Iterable, Optional, Sequence
+
+import numpy as np
+import torch
+import torch.fx as fx
+
+from .errors import QCompilerError
+
+
+class InputError(QCompilerError):
+    """An input of the wrong number, shape or dtype (the message says which and the fix)."""
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """One positional input: its placeholder's name, shape (None where any size is
+    accepted) and dtype."""
+
+    name: str
+    shape: Optional[tuple[Optional[int], ...]]  # None: not known (the input is not checked)
+    dtype: Optional[torch.dtype]
+
+    def describe(self) -> str:
+        if self.shape is None:
+            return "(any)"
+        dims = ", ".join("N" if d is None else str(d) for d in self.shape)
+        return f"[{dims}] {str(self.dtype).replace('torch.', '')}"
+
+
+def as_input_tuple(inputs: Any, what: str = "example_inputs") -> tuple:
+    """``inputs`` as a tuple of positional inputs: a tensor or array is one input; a tuple
+    or a list holds one per input."""
+    if isinstance(inputs, (torch.Tensor, np.ndarray)):
+        return (inputs,)
+    if isinstance(inputs, (tuple, list)):
+        return tuple(inputs)
+    raise InputError(f"{what} must be a tensor or a tuple (or list) of the model's positional inputs; "
+                     f"got {type(inputs).__name__}")
+
+
+def _dim(size: Any) -> Optional[int]:
+    """A dimension's size, or None when it is symbolic (a SymInt export did not specialise)."""
+    if isinstance(size, int):
+        return size
+    node = getattr(size, "node", None)
+    value = node.maybe_as_int() if node is not None and hasattr(node, "maybe_as_int") else None
+    return int(value) if value is not None else None
+
+
+def input_specs(gm: fx.GraphModule, example_inputs: Optional[Sequence] = None) -> list[InputSpec]:
+    """The inputs ``gm`` takes, from its placeholders' ``meta['val']`` (as torch.export
+    records them, with symbolic dimensions as None), else from ``example_inputs`` (static)."""
+    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    specs = []
+    for i, node in enumerate(placeholders):
+        val = node.meta.get("val")
+        if isinstance(val, torch.Tensor):
+            specs.append(InputSpec(node.name, tuple(_dim(s) for s in val.shape), val.dtype))
+        elif example_inputs is not None and i < len(example_inputs) and isinstance(example_inputs[i], torch.Tensor):
+            x = example_inputs[i]
+            specs.append(InputSpec(node.name, tuple(x.shape), x.dtype))
+        else:
+            specs.append(InputSpec(node.name, None, None))  # not known: not checked
+    return specs
+
+
+def _shape_dtype(value: Any) -> tuple[tuple[int, ...], Any, bool]:
+    if isinstance(value, torch.Tensor):
+        return tuple(value.shape), value.dtype, value.is_floating_point()
+    array = np.asarray(value)
+    return tuple(array.shape), array.dtype, bool(np.issubdtype(array.dtype, np.floating))
+
+
+def _mismatch(spec: InputSpec, shape: tuple[int, ...]) -> Optional[str]:
+    if len(shape) != len(spec.shape):
+        return f"it has {len(shape)} dimension(s), expected {len(spec.shape)}"
+    for d, (got, want) in enumerate(zip(shape, spec.shape)):
+        if want is not None and got != want:
+            return f"dimension {d} is {got}, expected {want}"
+    return None
+
+
+def check_inputs(specs: Sequence[InputSpec], inputs: Any, where: str, batch: Optional[int] = None,
+                 fix: Optional[str] = None) -> tuple:
+    """``inputs`` (a tensor, or a tuple/list of them) as a tuple, checked against ``specs``.
+
+    Raises InputError naming ``where`` (the entry point), the ``batch`` index (calibration
+    and analysis data), the input, the expected and the given shape/dtype, and ``fix`` (a
+    default that fits the example-based entry points otherwise)."""
+    inputs = as_input_tuple(inputs, f"{where} inputs")
+    at = f"{where}, batch {batch}" if batch is not None else where
+    if len(inputs) != len(specs):
+        expected = ", ".join(f"{s.name} {s.describe()}" for s in specs if s.shape is not None)
+        raise InputError(f"{at}: the model takes {len(specs)} input(s) ({expected}), got {len(inputs)}")
+    for i, (value, spec) in enumerate(zip(inputs, specs)):
+        if spec.shape is None:
+            continue
+        if not isinstance(value, (torch.Tensor, np.ndarray)):
+            raise InputError(f"{at}: input {i} ('{spec.name}') must be a tensor {spec.describe()}, got {type(value).__name__}")
+        shape, dtype, is_float = _shape_dtype(value)
+        problem = _mismatch(spec, shape)
+        if problem is not None:
+            hint = fix or ("give inputs shaped like the example inputs (N: any batch size), or quantize again with an "
+                           "example input of the new shape")
+            if len(shape) == len(spec.shape) - 1 and _mismatch(InputSpec(spec.name, spec.shape[1:], spec.dtype), shape) is None:
+                hint = f"it looks like one sample without its batch dimension: add it (x.unsqueeze(0)); {hint}"
+            raise InputError(f"{at}: input {i} ('{spec.name}') has shape {list(shape)}, expected {spec.describe()}: "
+                             f"{problem}. Fix: {hint}")
+        if spec.dtype.is_floating_point != is_float:
+            kind = "floating point" if spec.dtype.is_floating_point else str(spec.dtype).replace("torch.", "")
+            raise InputError(f"{at}: input {i} ('{spec.name}') has dtype {str(dtype).replace('torch.', '')}, expected {kind} "
+                             f"{spec.describe()}. Fix: convert it, e.g. x.to({spec.dtype})")
+    return inputs
+
+
+CALIBRATION_BATCH = 32
+
+
+def calibration_source(data: Any, specs: Sequence[InputSpec]) -> Iterable:
+    """Calibration data as an iterable of batches. A single tensor (or array) holding many
+    samples along dimension 0 is taken as a set of samples and split into batches: of the
+    model's batch size where the model fixes it, else of ``CALIBRATION_BATCH`` (a one-input
+    model only; give a list of batches otherwise). Anything else is returned as it is (a
+    DataLoader, a list of batches, ...)."""
+    if isinstance(data, np.ndarray):
+        data = torch.from_numpy(data)
+    if isinstance(data, torch.Tensor):
+        n_inputs = len(specs)
+        if n_inputs != 1:
+            raise InputError(f"calibration: a single tensor was given, but the model takes {n_inputs} inputs; give an "
+                             f"iterable of batches, each a tuple of {n_inputs} tensors")
+        if data.dim() == 0:
+            raise InputError("calibration: a 0-dimensional tensor is not a set of samples; give batches of inputs")
+        shape = specs[0].shape
+        fixed = shape[0] if shape and len(shape) == data.dim() and shape[0] is not None else None
+        return list(data.split(fixed or CALIBRATION_BATCH))
+    return data
+
+
+def check_built_inputs(inputs: Sequence, types: Sequence[tuple[tuple[int, ...], str]], what: str) -> list[np.ndarray]:
+    """The inputs of a built program (static shapes and dtypes, ``types``: (shape, dtype)
+    per input) as contiguous numpy arrays; InputError saying what was expected otherwise."""
+    if len(inputs) != len(types):
+        described = ", ".join(f"{dtype} {list(shape)}" for shape, dtype in types)
+        raise InputError(f"{what} takes {len(types)} input(s) ({described}), got {len(inputs)}")
+    arrays = []
+    for i, (value, (shape, dtype)) in enumerate(zip(inputs, types)):
+        array = value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
+        if tuple(array.shape) != tuple(shape) or array.dtype != np.dtype(dtype):
+            hint = ""
+            if tuple(array.shape) != tuple(shape):
+                hint = " (shapes are static: compile again with an example input of the new shape)"
+            elif np.issubdtype(array.dtype, np.floating):
+                hint = f" (convert it: x.to(torch.{dtype}))"
+            raise InputError(f"{what}: input {i} expected {dtype} {list(shape)}, got {array.dtype} {list(array.shape)}{hint}")
+        arrays.append(np.ascontiguousarray(array))
+    return arrays

@@ -9,6 +9,7 @@ Parameters and buffers are copied: no pass can write into the user's model.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import io
 import logging
 import os
@@ -48,6 +49,26 @@ def _as_tuple(example_inputs: Any) -> tuple:
         raise CaptureError(str(exc)) from None
 
 
+def _check_arity(model: torch.nn.Module, inputs: tuple) -> None:
+    """The example inputs fit ``model.forward``'s positional parameters; a CaptureError
+    naming them otherwise (before torch.export reports it from deep inside)."""
+    try:
+        signature = inspect.signature(model.forward)
+    except (TypeError, ValueError):  # no signature to read (a builtin): torch.export will say
+        return
+    try:
+        signature.bind(*inputs)
+    except TypeError as exc:
+        positional = [p for p in signature.parameters.values()
+                      if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+        required = [p.name for p in positional if p.default is p.empty]
+        names = ", ".join(p.name for p in positional)
+        raise CaptureError(
+            f"{type(model).__name__}.forward takes {len(required)} required input(s) ({names}), but example_inputs has "
+            f"{len(inputs)} ({exc}). Fix: give example_inputs as a tuple with one tensor per input, e.g. "
+            f"({', '.join(required) or 'x'},)") from None
+
+
 # Modules whose forward differs between training and eval mode.
 MODE_DEPENDENT = (torch.nn.modules.batchnorm._BatchNorm, torch.nn.modules.instancenorm._InstanceNorm,
                   torch.nn.modules.dropout._DropoutNd, torch.nn.AlphaDropout, torch.nn.FeatureAlphaDropout)
@@ -71,9 +92,9 @@ def _warn_training(model: torch.nn.Module) -> None:
         return
     shown = ", ".join(found[:8]) + (f" and {len(found) - 8} more" if len(found) > 8 else "")
     logger.warning(
-        "%s is in training mode (%s): qcompiler captures it in eval mode (BatchNorm uses its running statistics, "
-        "dropout is off) and leaves your model's modes as they were. Call model.eval() first to silence this.",
-        type(model).__name__, shown)
+        "%s has modules in training mode (%s): qcompiler captures the model in eval mode (BatchNorm uses its running "
+        "statistics, dropout is off) and leaves your model's train/eval flags as they were. Call model.eval() first to "
+        "silence this.", type(model).__name__, shown)
 
 
 class _ModuleStack:
@@ -178,6 +199,7 @@ def capture(model: torch.nn.Module, example_inputs: Any, *, dynamic_batch: bool 
     if not isinstance(model, torch.nn.Module):
         raise CaptureError(f"capture() takes a torch.nn.Module, got {type(model).__name__}")
     inputs = _as_tuple(example_inputs)
+    _check_arity(model, inputs)
     modes = {m: m.training for m in model.modules()}
     _warn_training(model)
     model.eval()

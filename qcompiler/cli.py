@@ -63,7 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = argparse.ArgumentParser(prog="qcompile", description="Quantize a PyTorch model and compile its integer program.")
     p.add_argument("model", help="MODULE:FACTORY returning an nn.Module or (module, example_inputs)")
-    p.add_argument("--input-shape", type=_shape, help="example input shape, e.g. 1,3,224,224 (if the factory gives no example)")
+    p.add_argument("--input-shape", type=_shape, action="append",
+                   help="example input shape, e.g. 1,3,224,224 (if the factory gives no example); repeat it for a model "
+                        "with several inputs")
     p.add_argument("--target", default="host", choices=sorted(TARGETS))
     p.add_argument("--bits", type=int, default=8, help="weight bits (2-8)")
     p.add_argument("--activation-bits", type=int, default=8, choices=[8, 16])
@@ -87,19 +89,23 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     progress = False if args.no_progress else None
     try:
-        from .compiled import compile_model
+        from .compiled import compile_model, export_names
+        from .export import resolve_destination
         from .log import logger
         from .progress import task
         from .quantize import quantize
         from .targets import get_target
 
+        if args.export:  # refuse a destination before spending minutes compiling
+            resolve_destination(args.export, args.force, export_names(get_target(args.target)))
         with task("loading the model", progress):
             made = load_object(args.model, "model")()
         model, example = made if isinstance(made, tuple) else (made, None)
         if example is None:
             if args.input_shape is None:
                 raise QCompilerError(f"{args.model} gave no example inputs: pass --input-shape, e.g. 1,3,224,224")
-            example = torch.randn(args.input_shape)
+            shapes = [torch.randn(shape) for shape in args.input_shape]
+            example = shapes[0] if len(shapes) == 1 else tuple(shapes)
         calibration = load_calibration(args.calibration, args.batch)
         if calibration is None:
             logger.warning("no --calibration: ranges come from the example input alone")
@@ -116,7 +122,9 @@ def main(argv: Optional[list[str]] = None) -> int:
             path = cm.export(args.export, overwrite=args.force)
             print(f"exported to {path}")
     except QCompilerError as exc:
-        console.print(f"[red]qcompile: {exc}[/red]")
+        from rich.markup import escape
+
+        console.print(f"[red]qcompile: {escape(str(exc))}[/red]", soft_wrap=True)
         return 2
     return 0
 

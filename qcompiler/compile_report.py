@@ -9,6 +9,7 @@ the layer produces, with everything before it quantized (``qm.analyze``'s cumula
 """
 from __future__ import annotations
 
+import io
 import math
 from dataclasses import dataclass, field
 from typing import Any, Optional
@@ -65,7 +66,7 @@ class CompileReport:
     def __str__(self) -> str:
         from rich.console import Console
 
-        console = Console(width=170, record=True, file=open("/dev/null", "w"))
+        console = Console(width=170, record=True, file=io.StringIO())
         for table in self.tables():
             console.print(table)
         total_macs = sum(r.macs for r in self.layers)

@@ -86,6 +86,15 @@ def integer_core(program: fx.GraphModule) -> tuple[fx.GraphModule, list[dict], l
     return fx.GraphModule(program, graph), encodings, out_encodings
 
 
+EXPORT_FILES = ("encodings.json", "report.txt")  # besides the library and manifest.json
+
+
+def export_names(target: Any) -> tuple[str, ...]:
+    """The files ``CompiledModel.export`` writes for ``target`` (a TargetInfo), besides
+    manifest.json: the library first."""
+    return (f"model{target.library_suffix}", *EXPORT_FILES)
+
+
 class CompiledModel:
     """A quantized model's integer program built for ``target``.
 
@@ -174,7 +183,7 @@ class CompiledModel:
         Raises ExportError naming the directory and the fix."""
         from torch.utils._pytree import treespec_dumps
 
-        library = f"model{self.target.library_suffix}"
+        library, encodings_file, report_file = export_names(self.target)
         out_spec = getattr(self.runtime, "out_spec", None)
 
         def write_library(path: Path) -> None:
@@ -186,8 +195,8 @@ class CompiledModel:
                     "output_spec": treespec_dumps(out_spec) if out_spec is not None else None,
                     "scheme": self.qm.scheme.describe(), "timings_s": self.timings}
         files = {library: write_library,
-                 "encodings.json": lambda path: path.write_text(json.dumps(self.encodings(), indent=1)),
-                 "report.txt": lambda path: path.write_text(str(self.report()))}
+                 encodings_file: lambda path: path.write_text(json.dumps(self.encodings(), indent=1)),
+                 report_file: lambda path: path.write_text(str(self.report()))}
         return write_export(directory, files, manifest, overwrite=overwrite)
 
     def __repr__(self) -> str:

@@ -101,21 +101,21 @@ def _check_destination(directory: Path, overwrite: bool, names: list[str]) -> st
     if overwrite:
         reason = _protected(directory)
         if reason is not None:
-            raise ExportError(f"refusing to replace {directory} whole with overwrite=True: {reason}. Export into a new "
-                              f"subdirectory instead, e.g. {directory / 'export'}")
+            raise ExportError(f"refusing to replace {directory} whole (overwrite=True / --force): {reason}. Export into a "
+                              f"new subdirectory instead, e.g. {directory / 'qcompiler-export'}")
         return "replace"
     previous = previous_export_files(directory)
     if previous is not None:
         clash = sorted(set(names) & set(entries) - set(previous))
         if clash:
             raise ExportError(f"cannot export to {directory}: it holds a previous export, and also {', '.join(clash)}, "
-                              f"which that export did not write and this one would replace. Move them away, or pass "
-                              f"overwrite=True (the CLI's --force) to replace the directory whole")
+                              f"which that export did not write and this one would replace. Move them away, or replace the "
+                              f"directory whole with overwrite=True (--force on the command line)")
         return "previous"
     shown = ", ".join(entries[:5]) + (f" and {len(entries) - 5} more" if len(entries) > 5 else "")
     raise ExportError(f"cannot export to {directory}: it holds files qcompiler did not write ({shown}). Export into a "
-                      f"new or empty directory, or pass overwrite=True (the CLI's --force) to replace the directory "
-                      f"whole")
+                      f"new or empty directory, or replace the directory whole with overwrite=True (--force on the "
+                      f"command line)")
 
 
 def _write_all(staging: Path, files: dict[str, Callable[[Path], None]]) -> None:
@@ -164,6 +164,7 @@ def _replace_whole(directory: Path, files: dict[str, Callable[[Path], None]], ki
         os.chmod(staging, 0o777 & ~_umask())  # mkdtemp makes 0700; a directory made for the user follows the umask
         _write_all(staging, files)
         if kind == "replace":
+            os.chmod(staging, directory.stat().st_mode & 0o7777)  # the replaced directory's own mode
             backup = Path(tempfile.mkdtemp(prefix=f".{directory.name}.old.", dir=parent))
             os.replace(directory, backup / "old")
             try:
@@ -187,13 +188,24 @@ def _replace_whole(directory: Path, files: dict[str, Callable[[Path], None]], ki
         raise
 
 
+def resolve_destination(directory: str | os.PathLike, overwrite: bool = False,
+                        names: tuple[str, ...] = ()) -> Path:
+    """``directory`` as an absolute path, checked as ``write_export`` will check it (so a
+    command line can refuse a destination before compiling); ExportError otherwise."""
+    if not str(directory).strip():
+        raise ExportError("the export directory is an empty path: name a directory, e.g. out/")
+    path = Path(directory).expanduser().resolve()
+    _check_destination(path, overwrite, [*names, MANIFEST])
+    return path
+
+
 def write_export(directory: str | os.PathLike, files: dict[str, Callable[[Path], None]],
                  manifest: dict[str, Any], overwrite: bool = False) -> Path:
     """Write ``files`` (name → function writing that file at the path it is given) and
     ``manifest.json`` (``manifest`` plus the format and the list of files) into
     ``directory``, by the rules in this module's docstring. Returns the directory's
     absolute path. Raises ExportError naming the directory and the fix."""
-    directory = Path(directory).expanduser().resolve()
+    directory = resolve_destination(directory, overwrite, tuple(files))
     names = [*files, MANIFEST]
     kind = _check_destination(directory, overwrite, names)
     full_manifest = {"format": FORMAT, "version": FORMAT_VERSION, **manifest, "files": names}

@@ -34,6 +34,9 @@ class InputSpec:
     name: str
     shape: Optional[tuple[Optional[int], ...]]  # None: not known (the input is not checked)
     dtype: Optional[torch.dtype]
+    # per dimension, the name of its symbol where it is free ("s0"): dimensions of several
+    # inputs that share a symbol must have the same size (a batch the inputs share)
+    symbols: Optional[tuple[Optional[str], ...]] = None
 
     def describe(self) -> str:
         if self.shape is None:
@@ -53,6 +56,11 @@ def as_input_tuple(inputs: Any, what: str = "example_inputs") -> tuple:
                      f"got {type(inputs).__name__}")
 
 
+def _symbol(size: Any) -> Optional[str]:
+    node = getattr(size, "node", None)
+    return str(node.expr) if node is not None and _dim(size) is None else None
+
+
 def _dim(size: Any) -> Optional[int]:
     """A dimension's size, or None when it is symbolic (a SymInt export did not specialise)."""
     if isinstance(size, int):
@@ -70,7 +78,8 @@ def input_specs(gm: fx.GraphModule, example_inputs: Optional[Sequence] = None) -
     for i, node in enumerate(placeholders):
         val = node.meta.get("val")
         if isinstance(val, torch.Tensor):
-            specs.append(InputSpec(node.name, tuple(_dim(s) for s in val.shape), val.dtype))
+            specs.append(InputSpec(node.name, tuple(_dim(s) for s in val.shape), val.dtype,
+                                   tuple(_symbol(s) for s in val.shape)))
         elif example_inputs is not None and i < len(example_inputs) and isinstance(example_inputs[i], torch.Tensor):
             x = example_inputs[i]
             specs.append(InputSpec(node.name, tuple(x.shape), x.dtype))
@@ -97,7 +106,10 @@ def _mismatch(spec: InputSpec, shape: tuple[int, ...]) -> Optional[str]:
 
 def check_inputs(specs: Sequence[InputSpec], inputs: Any, where: str, batch: Optional[int] = None,
                  fix: Optional[str] = None) -> tuple:
-    """``inputs`` (a tensor, or a tuple/list of them) as a tuple, checked against ``specs``.
+    """``inputs`` (a tensor, or a tuple/list of them) as a tuple of tensors, checked against
+    ``specs``: numpy arrays become tensors; the dtype must be the model's (a float64 input
+    to a float32 model is an error with the fix, as for a compiled model); free dimensions
+    that the inputs share (a common batch) must agree.
 
     Raises InputError naming ``where`` (the entry point), the ``batch`` index (calibration
     and analysis data), the input, the expected and the given shape/dtype, and ``fix`` (a
@@ -105,14 +117,25 @@ def check_inputs(specs: Sequence[InputSpec], inputs: Any, where: str, batch: Opt
     inputs = as_input_tuple(inputs, f"{where} inputs")
     at = f"{where}, batch {batch}" if batch is not None else where
     if len(inputs) != len(specs):
-        expected = ", ".join(f"{s.name} {s.describe()}" for s in specs if s.shape is not None)
-        raise InputError(f"{at}: the model takes {len(specs)} input(s) ({expected}), got {len(inputs)}")
+        expected = ", ".join(f"{s.name} {s.describe()}" for s in specs)
+        hint = ""
+        if len(inputs) == 1 and isinstance(inputs[0], (tuple, list)) and len(inputs[0]) == len(specs):
+            hint = ". Fix: pass the inputs as separate arguments, not as one list or tuple"
+        raise InputError(f"{at}: the model takes {len(specs)} input(s) ({expected}), got {len(inputs)}{hint}")
+    checked = []
+    free: dict[str, tuple[int, int, int]] = {}  # symbol -> (input, dimension, size) where first seen
     for i, (value, spec) in enumerate(zip(inputs, specs)):
+        if isinstance(value, np.ndarray):
+            value = torch.from_numpy(np.ascontiguousarray(value))
         if spec.shape is None:
+            checked.append(value)
             continue
-        if not isinstance(value, (torch.Tensor, np.ndarray)):
-            raise InputError(f"{at}: input {i} ('{spec.name}') must be a tensor {spec.describe()}, got {type(value).__name__}")
-        shape, dtype, is_float = _shape_dtype(value)
+        if not isinstance(value, torch.Tensor):
+            hint = (" Fix: pass the inputs as separate arguments, not as one list or tuple"
+                    if isinstance(value, (tuple, list)) else "")
+            raise InputError(f"{at}: input {i} ('{spec.name}') must be a tensor {spec.describe()}, got "
+                             f"{type(value).__name__}.{hint}".rstrip("."))
+        shape = tuple(value.shape)
         problem = _mismatch(spec, shape)
         if problem is not None:
             hint = fix or ("give inputs shaped like the example inputs (N: any batch size), or quantize again with an "
@@ -121,11 +144,19 @@ def check_inputs(specs: Sequence[InputSpec], inputs: Any, where: str, batch: Opt
                 hint = f"it looks like one sample without its batch dimension: add it (x.unsqueeze(0)); {hint}"
             raise InputError(f"{at}: input {i} ('{spec.name}') has shape {list(shape)}, expected {spec.describe()}: "
                              f"{problem}. Fix: {hint}")
-        if spec.dtype.is_floating_point != is_float:
-            kind = "floating point" if spec.dtype.is_floating_point else str(spec.dtype).replace("torch.", "")
-            raise InputError(f"{at}: input {i} ('{spec.name}') has dtype {str(dtype).replace('torch.', '')}, expected {kind} "
+        for d, symbol in enumerate(spec.symbols or ()):
+            if symbol is None:
+                continue
+            first = free.setdefault(symbol, (i, d, shape[d]))
+            if first[2] != shape[d]:
+                raise InputError(f"{at}: input {first[0]} has {first[2]} in dimension {first[1]} and input {i} ('{spec.name}') "
+                                 f"has {shape[d]} in dimension {d}; the model needs them equal (one batch size N for all "
+                                 f"inputs). Fix: give every input the same batch size")
+        if value.dtype != spec.dtype:
+            raise InputError(f"{at}: input {i} ('{spec.name}') has dtype {str(value.dtype).replace('torch.', '')}, expected "
                              f"{spec.describe()}. Fix: convert it, e.g. x.to({spec.dtype})")
-    return inputs
+        checked.append(value)
+    return tuple(checked)
 
 
 CALIBRATION_BATCH = 32
@@ -148,7 +179,17 @@ def calibration_source(data: Any, specs: Sequence[InputSpec]) -> Iterable:
             raise InputError("calibration: a 0-dimensional tensor is not a set of samples; give batches of inputs")
         shape = specs[0].shape
         fixed = shape[0] if shape and len(shape) == data.dim() and shape[0] is not None else None
-        return list(data.split(fixed or CALIBRATION_BATCH))
+        batches = list(data.split(fixed or CALIBRATION_BATCH))
+        if fixed and len(data) % fixed:
+            if len(data) < fixed:
+                raise InputError(f"calibration: one tensor of {len(data)} sample(s) was given, but the model takes batches "
+                                 f"of exactly {fixed}; give at least {fixed} samples")
+            from .log import logger
+
+            logger.warning("calibration: %d samples do not fill batches of %d (the batch size the model fixes); the last "
+                           "%d are left out", len(data), fixed, len(data) % fixed)
+            batches = batches[:-1]
+        return batches
     return data
 
 
@@ -160,13 +201,21 @@ def check_built_inputs(inputs: Sequence, types: Sequence[tuple[tuple[int, ...], 
         raise InputError(f"{what} takes {len(types)} input(s) ({described}), got {len(inputs)}")
     arrays = []
     for i, (value, (shape, dtype)) in enumerate(zip(inputs, types)):
+        if isinstance(value, (tuple, list)):
+            raise InputError(f"{what}: input {i} expected a tensor {dtype} {list(shape)}, got a {type(value).__name__}. Fix: "
+                             f"pass the inputs as separate arguments, not as one list or tuple")
         array = value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
-        if tuple(array.shape) != tuple(shape) or array.dtype != np.dtype(dtype):
-            hint = ""
+        want = np.dtype(dtype)
+        if tuple(array.shape) != tuple(shape) or array.dtype != want:
             if tuple(array.shape) != tuple(shape):
-                hint = " (shapes are static: compile again with an example input of the new shape)"
-            elif np.issubdtype(array.dtype, np.floating):
-                hint = f" (convert it: x.to(torch.{dtype}))"
-            raise InputError(f"{what}: input {i} expected {dtype} {list(shape)}, got {array.dtype} {list(array.shape)}{hint}")
+                hint = "shapes are static: compile again with an example input of the new shape"
+                if tuple(array.shape) == tuple(shape)[1:]:
+                    hint = f"one sample without its batch dimension: add it (x.unsqueeze(0)); {hint}"
+            else:
+                hint = f"convert it, e.g. x.to(torch.{dtype})"
+                if not np.issubdtype(want, np.floating):
+                    hint += " (the integer inputs' encodings: cm.input_encodings)"
+            raise InputError(f"{what}: input {i} expected {dtype} {list(shape)}, got {array.dtype} {list(array.shape)}. "
+                             f"Fix: {hint}")
         arrays.append(np.ascontiguousarray(array))
     return arrays

@@ -44,13 +44,15 @@ class _DefaultHandler(logging.Handler):
             message = record.getMessage()
             stream = sys.stderr
             if stream is not None and stream.isatty():
+                from rich.markup import escape
+
                 if self._rich is None:
                     from rich.console import Console
 
                     self._rich = Console(stderr=True)
                 style = {"WARNING": "yellow", "ERROR": "red"}.get(record.levelname, "")
                 prefix = f"[{style}]{record.levelname.lower()}[/{style}]: " if style else ""
-                self._rich.print(f"{prefix}{message}", markup=True, highlight=False)
+                self._rich.print(f"{prefix}{escape(message)}", markup=True, highlight=False, soft_wrap=True)
             elif stream is not None:
                 stream.write(f"qcompiler: {record.levelname}: {message}\n")
         except Exception:  # a handler must never raise into the caller

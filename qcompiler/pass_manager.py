@@ -10,6 +10,7 @@ and after each pass and records the error it introduced.
 """
 from __future__ import annotations
 
+import io
 import re
 import time
 import warnings
@@ -222,7 +223,7 @@ class PassReport:
     def __str__(self) -> str:
         from rich.console import Console
 
-        console = Console(width=160, record=True, file=open("/dev/null", "w"))
+        console = Console(width=160, record=True, file=io.StringIO())
         console.print(self.table())
         return console.export_text()
 

@@ -140,7 +140,7 @@ def _check(bits: int, allowed, what: str) -> int:
         if len(values) < 4:
             choices = " or ".join(str(v) for v in values)
         else:
-            choices = f"an integer from {values[0]} to {values[-1]}"
+            choices = f"an integer in {values[0]}–{values[-1]}"
         raise SchemeError(f"{what} bits must be {choices}, got {bits}")
     return bits
 

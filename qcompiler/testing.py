@@ -8,7 +8,7 @@
         assert_preserves("my_pass", case.model, case.inputs)
 
 ``given`` is hypothesis's ``given`` with qcompiler's settings (``SETTINGS``): no deadline
-(capturing and compiling a model takes about a second), ``QCOMPILER_EXAMPLES`` examples (200
+(capturing a model and running a pass takes one to three seconds), ``QCOMPILER_EXAMPLES`` examples (200
 by default), derandomized unless ``QCOMPILER_RANDOM`` is set. It works wherever the test
 runs, with no conftest. A ``@settings(...)`` below ``@given`` replaces them for that test
 (derive it from ``SETTINGS`` to keep no deadline: ``@settings(SETTINGS, max_examples=30)``).
@@ -29,7 +29,7 @@ import hypothesis
 import torch
 import torch.fx as fx
 import torch.nn as nn
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, Phase, settings
 from hypothesis import strategies as st
 from torch.utils._pytree import tree_leaves
 
@@ -40,9 +40,12 @@ from .pass_manager import PassLike, PassManager, PassManagerResult, get_pass
 EXAMPLES = int(os.environ.get("QCOMPILER_EXAMPLES", "200"))
 
 # qcompiler's hypothesis settings: what ``given`` applies, and the "qcompiler" profile.
+# The "explain" phase (which lines only failing examples ran) re-runs a failing model many
+# times, minutes for compile-heavy properties, and says little about a pass: left out.
 SETTINGS = settings(
     max_examples=EXAMPLES, deadline=None, derandomize=os.environ.get("QCOMPILER_RANDOM") is None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large], print_blob=True,
+    phases=[p for p in Phase if p != Phase.explain],
 )
 settings.register_profile("qcompiler", SETTINGS)
 

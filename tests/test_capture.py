@@ -69,7 +69,7 @@ def test_training_model_is_captured_in_eval_mode_and_flag_restored(caplog):
     x = torch.randn(2, 3, 8, 8)
     with caplog.at_level(logging.WARNING, logger="qcompiler"):
         gm = qcompiler.capture(model, x)
-    assert any("training mode ('bn' (BatchNorm2d)): qcompiler captures it in eval mode" in r.getMessage()
+    assert any("has modules in training mode ('bn' (BatchNorm2d)): qcompiler captures the model in eval mode" in r.getMessage()
                for r in caplog.records if r.name == "qcompiler")
     assert model.training, "the model's training flag must be restored"
     targets = {str(n.target) for n in gm.graph.nodes}

@@ -103,13 +103,17 @@ def test_export_over_a_previous_export_refuses_to_replace_a_file_it_did_not_writ
     assert (out / "report.txt").read_text() == "the user's report"
 
 
-def test_overwrite_replaces_a_foreign_directory_whole(cm, tmp_path):
+def test_overwrite_replaces_a_foreign_directory_whole_and_keeps_its_mode(cm, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
+    os.chmod(out, 0o750)
     (out / "keep.txt").write_text("mine")
     cm.export(out, overwrite=True)
     assert {p.name for p in out.iterdir()} == EXPORTED
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    assert (out.stat().st_mode & 0o777) == 0o750
+    with pytest.raises(ExportError, match="empty path"):
+        cm.export("")
 
 
 def test_export_under_a_regular_file_says_so(cm, tmp_path):
@@ -163,6 +167,16 @@ import torch, torch.nn as nn
 def make():
     torch.manual_seed(0)
     return nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU()).eval(), torch.randn(1, 3, 8, 8)
+
+class Two(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+    def forward(self, a, b):
+        return self.conv(a) + self.conv(b)
+
+def two():
+    return Two().eval()
 """
 
 
@@ -176,9 +190,21 @@ def test_cli_export_refuses_a_foreign_directory_unless_forced(tmp_path):
     done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 2, done.stderr
     assert "keep.txt" in done.stderr and "--force" in done.stderr
+    assert done.stdout == "", "the destination is refused before compiling (no report printed)"
     assert (out / "keep.txt").read_text() == "mine"
     assert "Scope Saving" not in done.stderr and "Warning" not in done.stderr
     done = subprocess.run(command + ["--force"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
     assert {p.name for p in out.iterdir()} == EXPORTED
     assert "Scope Saving" not in done.stderr and "FutureWarning" not in done.stderr
+
+
+def test_cli_takes_one_input_shape_per_input(tmp_path):
+    (tmp_path / "cli_model.py").write_text(MODEL_FILE)
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    command = [sys.executable, "-m", "qcompiler.cli", "cli_model:two", "--input-shape", "1,3,8,8", "--input-shape", "1,3,8,8",
+               "--export", str(tmp_path / "out")]
+    done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert [i["shape"] for i in manifest["inputs"]] == [[1, 3, 8, 8], [1, 3, 8, 8]]

@@ -36,7 +36,7 @@ def test_any_batch_size_is_accepted_and_the_input_count_and_dtype_are_checked(qm
     assert qm.interpret(torch.randn(5, 3, 12, 12)).shape == (5, 4)
     with pytest.raises(InputError, match=r"takes 1 input\(s\).*got 2"):
         qm.simulate(torch.randn(1, 3, 12, 12), torch.randn(1, 3, 12, 12))
-    with pytest.raises(InputError, match=r"dtype int64, expected floating point"):
+    with pytest.raises(InputError, match=r"dtype int64, expected \[N, 3, 12, 12\] float32. Fix: convert it"):
         qm.interpret(torch.zeros(1, 3, 12, 12, dtype=torch.int64))
 
 
@@ -100,7 +100,7 @@ def test_a_model_in_training_mode_is_named_warned_about_and_left_as_it_was(caplo
         qm = qcompiler.quantize(model, x, progress=False)
     warnings = [r.getMessage() for r in caplog.records if r.name == "qcompiler" and r.levelno == logging.WARNING]
     assert len(warnings) == 1, warnings
-    assert "training mode ('1' (BatchNorm2d))" in warnings[0] and "model.eval()" in warnings[0]
+    assert "has modules in training mode ('1' (BatchNorm2d))" in warnings[0] and "model.eval()" in warnings[0]
     assert model.training and model[1].training and not model[3].training
     model.eval()
     assert torch.allclose(qm.float(x), model(x), atol=1e-5), "captured with eval semantics"
@@ -119,7 +119,7 @@ def test_capture_keeps_torch_export_debug_trace_quiet(caplog):
 def test_bits_error_reads_as_a_choice():
     with pytest.raises(qcompiler.SchemeError, match=r"activation bits must be 8 or 16, got 4"):
         qcompiler.quantize(conv_model(), torch.randn(1, 3, 12, 12), activation_bits=4, progress=False)
-    with pytest.raises(qcompiler.SchemeError, match=r"weight bits must be an integer from 2 to 8, got 9"):
+    with pytest.raises(qcompiler.SchemeError, match=r"weight bits must be an integer in 2–8, got 9"):
         qcompiler.quantize(conv_model(), torch.randn(1, 3, 12, 12), bits=9, progress=False)
 
 
@@ -137,3 +137,53 @@ def test_progress_is_shown_for_every_long_step_when_asked_and_never_when_off(cap
     qm.compile("host", progress=False)
     qm.analyze([x], progress=False)
     assert capfd.readouterr().err == ""
+
+
+class TwoInputs(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(3, 4, 3, padding=1)
+
+    def forward(self, x1, x2):
+        return torch.cat([self.a(x1), self.b(x2)], dim=1)
+
+
+def test_inputs_that_share_the_batch_must_agree_on_it():
+    x = torch.randn(1, 3, 8, 8)
+    qm = qcompiler.quantize(TwoInputs().eval(), [x, x], calibration=[(x, x)], progress=False)
+    for entry in ("simulate", "float", "interpret"):
+        with pytest.raises(InputError, match=r"input 0 has 1 in dimension 0 and input 1 \('x2'\) has 2 in dimension 0"):
+            getattr(qm, entry)(x, torch.randn(2, 3, 8, 8))
+    with pytest.raises(InputError, match=r"calibration, batch 1: input 0 has 2 .* input 1 \('x2'\) has 3"):
+        qcompiler.quantize(TwoInputs().eval(), (x, x), calibration=[(x, x), (torch.randn(2, 3, 8, 8), torch.randn(3, 3, 8, 8))],
+                           progress=False)
+    assert qm.interpret(torch.randn(2, 3, 8, 8), torch.randn(2, 3, 8, 8)).shape == (2, 8, 8, 8)
+
+
+def test_a_wrong_number_of_example_inputs_names_the_forward_parameters():
+    with pytest.raises(qcompiler.CaptureError, match=r"TwoInputs.forward takes 2 required input\(s\) \(x1, x2\), but "
+                                                      r"example_inputs has 1.*Fix: give example_inputs as a tuple"):
+        qcompiler.quantize(TwoInputs().eval(), torch.randn(1, 3, 8, 8), progress=False)
+
+
+def test_another_float_precision_or_numpy_input_is_handled_the_same_at_every_entry_point(qm):
+    x = torch.randn(2, 3, 12, 12)
+    for entry in ("simulate", "float", "interpret"):
+        with pytest.raises(InputError, match=rf"qm.{entry}: input 0 .* has dtype float64, expected \[N, 3, 12, 12\] "
+                                             r"float32. Fix: convert it, e.g. x.to\(torch.float32\)"):
+            getattr(qm, entry)(x.double())
+        assert torch.equal(getattr(qm, entry)(x.numpy()), getattr(qm, entry)(x)), entry
+    with pytest.raises(InputError, match=r"calibration, batch 1: .*dtype float64"):
+        qcompiler.quantize(conv_model(), x, calibration=[x, x.double()], progress=False)
+    with pytest.raises(InputError, match=r"not as one list or tuple"):
+        qm.simulate([x])
+
+
+def test_samples_that_do_not_fill_the_batch_a_model_fixes_are_left_out_with_a_warning(caplog):
+    with caplog.at_level(logging.WARNING, logger="qcompiler"):
+        qm = qcompiler.quantize(FixedBatch().eval(), torch.randn(2, 3, 8, 8), calibration=torch.randn(9, 3, 8, 8),
+                                progress=False)
+    assert "4 batch(es)" in qm.report["calibrate"].summary
+    assert any("9 samples do not fill batches of 2" in r.getMessage() for r in caplog.records)
+    with pytest.raises(InputError, match="batches of exactly 2"):
+        qcompiler.quantize(FixedBatch().eval(), torch.randn(2, 3, 8, 8), calibration=torch.randn(1, 3, 8, 8), progress=False)

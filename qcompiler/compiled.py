@@ -111,6 +111,7 @@ class CompiledModel:
         self.example_inputs = example_inputs
         self.timings = timings
         self._core: Optional[tuple] = None
+        self._report: Any = None
 
     # ---------------------------------------------------------------- running
     @property
@@ -168,10 +169,16 @@ class CompiledModel:
 
     def report(self, data: Any = None, repeats: int = 5):
         """Per pass and per layer: time, error vs float, bytes (qcompiler.compile_report).
-        ``data``: batches to measure the error on (default: the example inputs)."""
+        ``data``: batches to measure the error on (default: the example inputs). The
+        default report is measured once and kept: ``export`` writes the one ``report()``
+        printed."""
         from .compile_report import compile_report
 
-        return compile_report(self, data, repeats)
+        if data is not None or repeats != 5:
+            return compile_report(self, data, repeats)
+        if self._report is None:
+            self._report = compile_report(self, None, repeats)
+        return self._report
 
     def export(self, directory: str | os.PathLike, overwrite: bool = False) -> Path:
         """Write the target library (``model.so``), ``encodings.json``, ``manifest.json`` and

@@ -26,7 +26,7 @@ import torch.fx as fx
 
 from .errors import QCompilerError
 from .export import ExportError, read_manifest, write_export
-from .inputs import as_input_tuple, check_built_inputs
+from .inputs import check_built_inputs, describe_types
 from .integer_ops import op_of
 from .log import native_output_captured
 from .progress import task
@@ -119,16 +119,9 @@ class CompiledModel:
         """(shape, dtype) of each input, as built."""
         return list(self.runtime.input_types)
 
-    def _check(self, inputs: tuple, types: list, what: str) -> list[np.ndarray]:
-        return check_built_inputs(inputs, types, what)
-
-    @staticmethod
-    def _describe(types: list) -> str:
-        return ", ".join(f"{dtype} {list(shape)}" for shape, dtype in types)
-
     def __call__(self, *inputs: Any) -> Any:
         """Float inputs in, float outputs out (the program's output structure)."""
-        arrays = self._check(inputs, self.input_types, f"the model compiled for {self.target.name}")
+        arrays = check_built_inputs(inputs, self.input_types, f"the model compiled for {self.target.name}")
         return self.runtime(*arrays)
 
     def _integer_runtime(self):
@@ -155,7 +148,7 @@ class CompiledModel:
         """Integer inputs in, integer outputs out: the program without its edge quantize and
         dequantize (built on first use)."""
         runtime, _, _ = self._integer_runtime()
-        arrays = self._check(inputs, runtime.input_types, "run_int")
+        arrays = check_built_inputs(inputs, runtime.input_types, "run_int")
         return runtime(*arrays)
 
     # ---------------------------------------------------------------- reporting and export
@@ -207,7 +200,7 @@ class CompiledModel:
         return write_export(directory, files, manifest, overwrite=overwrite)
 
     def __repr__(self) -> str:
-        return (f"CompiledModel(target={self.target.name}, inputs {self._describe(self.input_types)}, "
+        return (f"CompiledModel(target={self.target.name}, inputs {describe_types(self.input_types)}, "
                 f"{self.qm.scheme.describe()})")
 
 
@@ -270,8 +263,7 @@ class LoadedModel:
         return self.runtime(*arrays)
 
     def __repr__(self) -> str:
-        types = ", ".join(f"{dtype} {list(shape)}" for shape, dtype in self.input_types)
-        return f"LoadedModel({self.directory}, target={self.target.name}, inputs {types})"
+        return f"LoadedModel({self.directory}, target={self.target.name}, inputs {describe_types(self.input_types)})"
 
 
 def load(directory: str | os.PathLike) -> LoadedModel:

@@ -193,12 +193,16 @@ def calibration_source(data: Any, specs: Sequence[InputSpec]) -> Iterable:
     return data
 
 
+def describe_types(types: Sequence[tuple[tuple[int, ...], str]]) -> str:
+    """"float32 [1, 3, 8, 8], ..." for (shape, dtype) per input."""
+    return ", ".join(f"{dtype} {list(shape)}" for shape, dtype in types)
+
+
 def check_built_inputs(inputs: Sequence, types: Sequence[tuple[tuple[int, ...], str]], what: str) -> list[np.ndarray]:
     """The inputs of a built program (static shapes and dtypes, ``types``: (shape, dtype)
     per input) as contiguous numpy arrays; InputError saying what was expected otherwise."""
     if len(inputs) != len(types):
-        described = ", ".join(f"{dtype} {list(shape)}" for shape, dtype in types)
-        raise InputError(f"{what} takes {len(types)} input(s) ({described}), got {len(inputs)}")
+        raise InputError(f"{what} takes {len(types)} input(s) ({describe_types(types)}), got {len(inputs)}")
     arrays = []
     for i, (value, (shape, dtype)) in enumerate(zip(inputs, types)):
         if isinstance(value, (tuple, list)):

@@ -35,14 +35,7 @@ def _in_notebook() -> bool:
 
 def enabled(progress: Optional[bool]) -> bool:
     """Whether to show progress for ``progress`` (None: on a terminal or in a notebook)."""
-    if progress is not None:
-        return bool(progress)
-    stream = sys.stderr
-    try:
-        tty = stream is not None and stream.isatty()
-    except (AttributeError, ValueError):
-        tty = False
-    return tty or _in_notebook()
+    return bool(progress) if progress is not None else _live_possible()
 
 
 def bar(iterable: Optional[Iterable] = None, *, desc: str, unit: str = "it", total: Optional[int] = None,

@@ -18,13 +18,12 @@ import numpy as np
 import torch.fx as fx
 
 from .graph import get_tensor
-from .integer_ops import op_of
+from .interpreter import interpret
+from .ops import find_op, op_for_target, op_of
 
-# program op -> words its kernel's name contains (our kernels are named after the op; TVM
-# names fused generic kernels after the Relax ops in them)
-KERNEL_WORDS = {"conv2d": ("conv2d",), "linear": ("linear", "matmul"), "matmul": ("matmul",), "avg_pool2d": ("conv2d", "pool"),
-                "max_pool2d": ("pool",), "mean": ("sum",), "lut": ("take",)}
-# (elementwise kernels have names too generic to attribute: they are reported together)
+# Kernel words, data arguments and MAC counts are the op registry's (qcompiler/ops: each op's
+# kernel_words, data_args and macs). Elementwise kernels have names too generic to attribute:
+# they are reported together.
 
 
 @dataclass
@@ -78,15 +77,12 @@ class CompileReport:
         return console.export_text() + "\n".join(lines + self.notes) + "\n"
 
 
-# the constants that are a layer's data, by argument position, with the bytes per element a
-# target stores them in (None: the program's own dtype; biases are int32 whatever holds them)
-DATA_ARGS = {"conv2d": ((1, None), (2, 4)), "linear": ((1, None), (2, 4)), "lut": ((1, None),)}
-
-
 def _bytes(program: fx.GraphModule, node: fx.Node) -> int:
-    """Bytes of the layer's weights, bias and table."""
+    """Bytes of the layer's weights, bias and table (its op's ``data_args``: argument
+    position and the bytes per element a target stores it in, None for its own dtype)."""
+    op = op_for_target(node.target)
     total = 0
-    for i, size in DATA_ARGS.get(op_of(node.target), ()):
+    for i, size in (op.data_args if op is not None else ()):
         v = node.args[i]
         if isinstance(v, fx.Node) and v.op == "get_attr":
             t = get_tensor(program, v)
@@ -95,17 +91,8 @@ def _bytes(program: fx.GraphModule, node: fx.Node) -> int:
 
 
 def _macs(program: fx.GraphModule, node: fx.Node, shape: tuple) -> int:
-    name = op_of(node.target)
-    out = int(np.prod(shape)) if shape else 0
-    if name == "conv2d":
-        w = get_tensor(program, node.args[1])
-        return out * int(np.prod(w.shape[1:]))
-    if name == "linear":
-        return out * int(get_tensor(program, node.args[1]).shape[1])
-    if name == "matmul":
-        a = node.args[0].meta.get("val")
-        return out * (int(a.shape[-1]) if a is not None else 0)
-    return 0
+    op = op_for_target(node.target)
+    return op.macs(program, node, shape) if op is not None and op.macs is not None else 0
 
 
 def layer_rows(program: fx.GraphModule, shapes: dict[str, tuple]) -> list[LayerRow]:
@@ -120,13 +107,18 @@ def layer_rows(program: fx.GraphModule, shapes: dict[str, tuple]) -> list[LayerR
     return rows
 
 
+def _kernel_words(op_name: str) -> tuple[str, ...]:
+    op = find_op(op_name)
+    return op.kernel_words if op is not None else ()
+
+
 def _attach_times(rows: list[LayerRow], kernel_times: list[tuple[str, float]]) -> float:
     """Give each layer the time of the next kernel call whose name has the layer's kernel
     word; returns the time of calls matched to no layer."""
     unmatched = 0.0
     queue = list(rows)
     for name, seconds in kernel_times:
-        match = next((r for r in queue if any(word in name for word in KERNEL_WORDS.get(r.op, ()))), None)
+        match = next((r for r in queue if any(word in name for word in _kernel_words(r.op))), None)
         if match is None:
             unmatched += seconds * 1e3
             continue
@@ -136,8 +128,6 @@ def _attach_times(rows: list[LayerRow], kernel_times: list[tuple[str, float]]) -
 
 
 def compile_report(cm: Any, data: Any = None, repeats: int = 5) -> CompileReport:
-    from .interpreter import interpret
-
     qm = cm.qm
     inputs = tuple(cm.example_inputs)
     record: dict = {}

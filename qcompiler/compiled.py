@@ -27,7 +27,7 @@ import torch.fx as fx
 from .errors import QCompilerError
 from .export import ExportError, read_manifest, write_export
 from .inputs import check_built_inputs, describe_types
-from .integer_ops import op_of
+from .ops import op_of
 from .log import native_output_captured
 from .progress import task
 from .quantize import QuantizedModel

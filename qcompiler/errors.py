@@ -29,3 +29,7 @@ def did_you_mean(name: str, choices: list[str]) -> str:
 
     close = difflib.get_close_matches(name, choices, n=1)
     return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+class ConversionError(QCompilerError):
+    """The simulation has a pattern with no integer form."""

@@ -1,64 +1,19 @@
-"""The exact interpreter of an integer program: walks its fx graph and runs every op in
-numpy (``kernels.py``; int64 inside). Float ops the scheme let fall back run in torch, as
-they do in the simulation. The TVM builds must equal this bit for bit."""
+"""The exact interpreter of an integer program: walks its fx graph and runs every op's numpy
+reference from the op registry (``qcompiler/ops``; int64 inside). Float ops the scheme let
+fall back run in torch, as they do in the simulation. The TVM builds must equal this bit for
+bit."""
 from __future__ import annotations
 
-import operator
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import numpy as np
 import torch
 import torch.fx as fx
+from torch.utils._pytree import tree_unflatten
 
 from .errors import QCompilerError
 from .graph import get_tensor, node_label
-from .integer_ops import op_of, run_numpy, to_numpy
-
-aten = torch.ops.aten
-
-
-def _dims(x, dims):
-    return tuple(d % x.ndim for d in (dims if isinstance(dims, (list, tuple)) else [dims]))
-
-
-def _slice(x, dim=0, start=None, end=None, step=1):
-    index = [slice(None)] * x.ndim
-    index[dim % x.ndim] = slice(start, None if end is not None and end >= 2**62 else end, step)
-    return x[tuple(index)]
-
-
-def _pad(x, pad, value=0):
-    widths = [(0, 0)] * x.ndim
-    for i in range(len(pad) // 2):
-        widths[x.ndim - 1 - i] = (pad[2 * i], pad[2 * i + 1])
-    return np.pad(x, widths, constant_values=value)
-
-
-def _flatten(x, start=0, end=-1):
-    start, end = start % x.ndim, end % x.ndim
-    return x.reshape(x.shape[:start] + (-1,) + x.shape[end + 1:])
-
-
-# Layout ops on integer tensors, in numpy.
-NUMPY_ATEN: dict[Any, Callable] = {
-    aten.view.default: lambda x, shape: np.reshape(x, shape),
-    aten.reshape.default: lambda x, shape: np.reshape(x, shape),
-    aten._unsafe_view.default: lambda x, shape: np.reshape(x, shape),
-    aten.permute.default: lambda x, dims: np.transpose(x, dims),
-    aten.transpose.int: lambda x, a, b: np.swapaxes(x, a, b),
-    aten.t.default: lambda x: x.T,
-    aten.clone.default: lambda x, **kw: x.copy(),
-    aten.alias.default: lambda x: x,
-    aten.squeeze.dim: lambda x, d: np.squeeze(x, axis=d) if x.shape[d] == 1 else x,
-    aten.squeeze.dims: lambda x, ds: np.squeeze(x, axis=tuple(d for d in _dims(x, ds) if x.shape[d] == 1)),
-    aten.unsqueeze.default: lambda x, d: np.expand_dims(x, d if d >= 0 else x.ndim + 1 + d),
-    aten.flatten.using_ints: _flatten,
-    aten.expand.default: lambda x, shape: np.broadcast_to(x, [x.shape[i - (len(shape) - x.ndim)] if s == -1 else s for i, s in enumerate(shape)]),
-    aten.slice.Tensor: _slice,
-    aten.select.int: lambda x, dim, index: np.take(x, index, axis=dim),
-    aten.constant_pad_nd.default: _pad,
-    aten.sym_size.int: lambda x, d: x.shape[d],
-}
+from .ops import op_for_target
 
 
 def _as_numpy(value):
@@ -94,14 +49,10 @@ def interpret(program: fx.GraphModule, *inputs: Any, force: Optional[dict] = Non
             value = _as_numpy(get_tensor(program, node))
         elif node.op == "call_function":
             args, kwargs = arg(node.args), {k: arg(v) for k, v in node.kwargs.items()}
-            name = op_of(node.target)
+            op = op_for_target(node.target)
             try:
-                if name is not None:
-                    value = run_numpy(name, args)
-                elif node.target in NUMPY_ATEN:
-                    value = NUMPY_ATEN[node.target](*args, **kwargs)
-                elif node.target is operator.getitem:
-                    value = args[0][args[1]]
+                if op is not None:
+                    value = op.run(args, kwargs)
                 else:  # a float op kept in float by the scheme: run it in torch, as the simulation does
                     to_t = lambda v: torch.from_numpy(np.ascontiguousarray(v)) if isinstance(v, np.ndarray) else v
                     out = node.target(*_map(args, to_t), **{k: _map(v, to_t) for k, v in kwargs.items()})
@@ -123,8 +74,6 @@ def interpret(program: fx.GraphModule, *inputs: Any, force: Optional[dict] = Non
     result = _map(result, lambda v: torch.from_numpy(np.ascontiguousarray(v)) if isinstance(v, np.ndarray) else v)
     info = getattr(program.graph._codegen, "pytree_info", None)
     if info is not None and info.out_spec is not None:
-        from torch.utils._pytree import tree_unflatten
-
         return tree_unflatten(list(result), info.out_spec)
     return result
 

@@ -8,7 +8,7 @@ import qcompiler
 from qcompiler.testing import ChannelGram, Concat, Difference, Gate, Residual, ZeroPad, float_models
 
 ALL_INTEGER_OPS = {"quantize", "conv2d", "linear", "add", "mul", "matmul", "concat", "mean", "avg_pool2d", "max_pool2d",
-                   "requantize", "lut", "dequantize"}
+                   "requantize", "lut", "dequantize", "upsample_nearest2d"}
 
 
 def assert_within_one_step(qm, inputs):
@@ -38,13 +38,14 @@ class EveryOp(nn.Module):
         self.cat = Concat(nn.Conv2d(8, 4, 1), nn.Conv2d(8, 4, 3, padding=2, dilation=2))
         self.pad = ZeroPad((1, 0, 0, 1))
         self.pool = nn.AvgPool2d(2)
+        self.up = nn.Upsample(scale_factor=2)
         self.maxpool = nn.MaxPool2d(2, padding=1)
         self.gram = ChannelGram()
         self.fc = nn.Linear(64, 5)
 
     def forward(self, x):
         y = self.cat(self.gate(self.diff(self.res(self.dw(self.stem(x))))))
-        y = self.maxpool(self.pool(self.pad(y)))
+        y = self.maxpool(self.up(self.pool(self.pad(y))))
         y = torch.clamp(y, -0.5, 2.0)
         g = self.gram(y)
         return self.fc(torch.flatten(g, 1)), y.mean((2, 3))

@@ -5,10 +5,9 @@ import torch
 import torch.fx as fx
 
 from qcompiler import meta
-from qcompiler.errors import PassError
 from qcompiler.graph import (BN_EVAL_OPS, BN_TRAIN_OPS, getitem_users, is_call, layer_view, node_label,
                              output_shape, remove_unused_constants, replace_all_uses, replace_constant_arg, tensor_arg)
-from qcompiler.pass_manager import Pass, PassContext, PassResult, register_pass
+from qcompiler.pass_manager import Pass, PassContext, PassResult, Problem, register_pass
 
 
 def bn_stats(node: fx.Node) -> dict | None:
@@ -34,15 +33,15 @@ class FoldBn(Pass):
     preserves = "function_up_to_fp"
     tolerance = 1e-4
 
-    def requires(self, gm: fx.GraphModule, ctx: PassContext) -> None:
+    def requires(self, gm: fx.GraphModule, ctx: PassContext) -> list[Problem]:
         training = [n for n in gm.graph.nodes if is_call(n, BN_TRAIN_OPS)]
-        if training:
-            raise PassError(
-                "fold_bn: BatchNorm in training mode (it normalises with batch statistics, so folding "
-                f"would change the function): {', '.join(node_label(n) for n in training)}. "
-                "Capture the model in eval mode (qcompiler.capture does this: call it on the model, "
-                "or call model.eval() before torch.export)."
-            )
+        if not training:
+            return []
+        return [Problem(
+            "fold_bn: BatchNorm in training mode (it normalises with batch statistics, so folding "
+            f"would change the function): {', '.join(node_label(n) for n in training)}",
+            "capture the model in eval mode (qcompiler.capture does this: call it on the model, "
+            "or call model.eval() before torch.export)")]
 
     def run(self, gm: fx.GraphModule, ctx: PassContext) -> PassResult:
         folded, skipped = 0, []

@@ -183,3 +183,19 @@ def test_a_float_override_runs_in_float_in_the_integer_program_too(key):
     out, sim = qm.interpret(x), qm.simulate(x)
     step = max(s for s, _, _ in qm.qparams.values())
     assert (out - sim).abs().max() <= 4 * step
+
+
+def test_every_qcompiler_metadata_key_on_the_graphs_is_declared_in_meta():
+    declared = {v for k, v in vars(meta).items() if k.isupper() and isinstance(v, str)}
+    assert len(declared) == len([k for k in vars(meta) if k.isupper()]), "two constants name one key"
+    model, x = mobile_block()
+    qm = qcompiler.quantize(model, x, calibration=[x], passes=["fold_bn", "equalize"],
+                            overrides={"linear": "float"})
+    used = set()
+    for gm in (qm.float_graph, qm.graph, qm.program):
+        used |= set(gm.meta)
+        for node in gm.graph.nodes:
+            used |= set(node.meta)
+    ours = {k for k in used if k.startswith("qc_") or k == meta.BN_STATS}
+    assert {meta.BN_STATS, meta.FLOAT_WEIGHT, meta.SPEC, meta.SIM_NODE, meta.QPARAMS, meta.SCHEME, meta.FLOAT_FALLBACK} <= ours
+    assert ours <= declared, f"undeclared metadata keys: {sorted(ours - declared)}"

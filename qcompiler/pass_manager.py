@@ -56,7 +56,7 @@ class PassResult:
 
 
 # What ``PassContext(state=...)`` used to carry for the built-in passes, now typed fields.
-_FORMER_STATE_KEYS = {"calibration": "calibration", "float_graph": "float_graph"}
+_FORMER_STATE_KEYS = ("calibration", "float_graph")
 
 
 @dataclass
@@ -91,7 +91,7 @@ class PassContext:
         and data left under the old key would be silently ignored."""
         old = sorted(set(self.state) & set(_FORMER_STATE_KEYS))
         if old:
-            fixes = ", ".join(f"state['{k}'] -> PassContext({_FORMER_STATE_KEYS[k]}=...)" for k in old)
+            fixes = ", ".join(f"state['{k}'] -> PassContext({k}=...)" for k in old)
             raise PassError(f"PassContext.state no longer carries {old} for the built-in passes; they are typed fields: {fixes}")
 
 

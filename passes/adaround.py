@@ -10,8 +10,9 @@ import torch.nn.functional as F
 
 from qcompiler.activations import Stepper
 from qcompiler.layers import QuantLayer, apply_activations, quant_layers
-from qcompiler.pass_manager import Pass, PassContext, PassResult, register_pass
-from qcompiler.passes.calibrate import ptq_data
+from qcompiler.pass_manager import Pass, PassContext, PassResult, Problem, register_pass
+from qcompiler.passes.calibrate import ptq_data, ptq_problems
+from qcompiler.progress import bar as progress_bar
 
 ZETA, GAMMA = 1.1, -0.1  # the rectified sigmoid's stretch
 
@@ -32,12 +33,16 @@ class Adaround(Pass):
     minimising ‖act(W̃·x̂ + b) − act_float(W·x + b)‖² + λ·Σ(1 − |2h(V) − 1|^β) with
     W̃ = s·clamp(⌊W/s⌋ + h(V)), h the rectified sigmoid, β annealed from 20 to 2 after a
     warm-up; x̂ is the layer's input in the simulation (earlier layers already rounded), x
-    and the target come from the float graph (``ctx.state['float_graph']``). Only one
-    layer's inputs are held at a time (memory bounded by the largest layer's activations
-    over ``max_batches`` calibration batches).
+    and the target come from the float graph (``ctx.float_graph``). Only one layer's
+    inputs are held at a time (memory bounded by the largest layer's activations over
+    ``max_batches`` calibration batches).
 
+    Requires: a calibrated simulation, ``ctx.float_graph`` with every layer's output node,
+    and ``ctx.calibration`` (qcompiler.passes.calibrate.ptq_problems).
+    Ensures: every integer weight is ⌊W/s⌋ or ⌊W/s⌋ + 1, clamped to the weight's
+    [qmin, qmax].
     Preserves nothing exactly: it changes integer weights (each by at most one step from
-    rounding to nearest, by construction: floor or ceil of W/s).
+    rounding to nearest, by construction).
     """
 
     preserves = "nothing"
@@ -54,11 +59,27 @@ class Adaround(Pass):
         self.seed = seed
         self.progress = progress
 
-    def run(self, gm: fx.GraphModule, ctx: PassContext) -> PassResult:
-        from qcompiler.progress import bar as progress_bar
+    def requires(self, gm: fx.GraphModule, ctx: PassContext) -> list[Problem]:
+        return ptq_problems(gm, ctx, "adaround", [l.output.name for l in quant_layers(gm)])
 
+    def ensures(self, gm: fx.GraphModule, ctx: PassContext) -> list[Problem]:
+        problems = []
+        for layer in quant_layers(gm):
+            spec = layer.weight_spec()
+            w = layer.float_weight().double()
+            scales = layer.weight_scales(gm).reshape(-1, *([1] * (w.dim() - 1)))
+            q = layer.weight_int(gm).double()
+            floor = torch.floor(w / scales)
+            down, up = torch.clamp(floor, spec.qmin, spec.qmax), torch.clamp(floor + 1, spec.qmin, spec.qmax)
+            off = int(((q != down) & (q != up)).sum())
+            if off:
+                problems.append(Problem(f"layer '{layer.name}': {off} integer weight(s) are neither ⌊W/s⌋ nor ⌊W/s⌋ + 1",
+                                        "report this as a bug in adaround"))
+        return problems
+
+    def run(self, gm: fx.GraphModule, ctx: PassContext) -> PassResult:
         layers = {l.name: l for l in quant_layers(gm)}
-        float_graph, _, everything = ptq_data(gm, ctx, "adaround", self.max_batches, [l.output.name for l in layers.values()])
+        float_graph, _, everything = ptq_data(gm, ctx, self.max_batches)
         # The simulation and the float graph advance together over all calibration inputs: the
         # simulation pauses before each layer (its input then reflects the layers already
         # rounded), the float graph runs on until that layer's output (the target).
@@ -90,7 +111,8 @@ class Adaround(Pass):
                 bar.update(1)
         bar.close()
         return PassResult(gm, True, f"{len(layers)} layers; {flipped} of {total} weights ({flipped / max(total, 1):.1%}) "
-                                    f"rounded the other way than nearest")
+                                    f"rounded the other way than nearest",
+                          counts={"layers": len(layers), "weights": total, "flipped": flipped})
 
     def _optimize(self, gm: fx.GraphModule, layer: QuantLayer, x_q: torch.Tensor, target: torch.Tensor,
                   gen: torch.Generator) -> torch.Tensor:

@@ -9,8 +9,8 @@ import torch.fx as fx
 from qcompiler.activations import channel_dim, channel_mean, channel_means
 from qcompiler.layers import QuantLayer, quant_layers
 from qcompiler.progress import bar
-from qcompiler.pass_manager import Pass, PassContext, PassResult, register_pass
-from qcompiler.passes.calibrate import ptq_data
+from qcompiler.pass_manager import Pass, PassContext, PassResult, Problem, register_pass
+from qcompiler.passes.calibrate import ptq_data, ptq_problems
 
 
 class _Correcting(fx.Interpreter):
@@ -50,9 +50,13 @@ class BiasCorrection(Pass):
     per output channel over the calibration data, between the float model's output of that
     layer (before its activation) and the simulation's (with the layers before it already
     corrected). Two passes over the data in all: the float graph's per-channel means, then
-    one run of the simulation that corrects each layer as it reaches it. Needs the float
-    graph (``ctx.state['float_graph']``, set by ``quantize``).
+    one run of the simulation that corrects each layer as it reaches it.
 
+    Requires: a calibrated simulation, the float graph (``ctx.float_graph``, set by
+    ``quantize``) with a counterpart of every layer, and ``ctx.calibration``
+    (qcompiler.passes.calibrate.ptq_problems).
+    Ensures: every layer with an int32 bias still has one (the corrected biases are clamped
+    to the int32 range).
     Preserves nothing exactly: it moves the simulation towards the float model in
     expectation; the integer program follows the new int32 biases.
     """
@@ -62,13 +66,21 @@ class BiasCorrection(Pass):
     def __init__(self, max_batches: int = 16):
         self.max_batches = max_batches
 
+    def requires(self, gm: fx.GraphModule, ctx: PassContext) -> list[Problem]:
+        return ptq_problems(gm, ctx, "bias_correction", [l.name for l in quant_layers(gm) if l.bias_dq is not None])
+
+    def ensures(self, gm: fx.GraphModule, ctx: PassContext) -> list[Problem]:
+        return [Problem(f"layer '{l.name}': its bias is {l.bias_int(gm).dtype}, not int32", "report this as a bug in bias_correction")
+                for l in quant_layers(gm) if l.bias_dq is not None and l.bias_int(gm).dtype != torch.int32]
+
     def run(self, gm: fx.GraphModule, ctx: PassContext) -> PassResult:
         layers = {l.name: l for l in quant_layers(gm) if l.bias_dq is not None}
-        float_graph, batches, everything = ptq_data(gm, ctx, "bias_correction", self.max_batches, layers)
+        float_graph, batches, everything = ptq_data(gm, ctx, self.max_batches)
         reference = channel_means(float_graph, batches, {name: channel_dim(l.node) for name, l in layers.items()})
         with bar(total=len(layers), desc="bias correction", unit="layer", progress=ctx.progress) as layer_bar, \
                 torch.no_grad():
             correcting = _Correcting(gm, layers, reference, layer_bar)
             correcting.run(*everything)
         mean_shift = sum(correcting.shifts) / max(len(correcting.shifts), 1)
-        return PassResult(gm, bool(layers), f"corrected {len(layers)} biases on {len(batches)} batch(es); mean |shift| {mean_shift:.3g}")
+        return PassResult(gm, bool(layers), f"corrected {len(layers)} biases on {len(batches)} batch(es); mean |shift| {mean_shift:.3g}",
+                          counts={"biases": len(layers), "batches": len(batches)})

@@ -2,15 +2,20 @@
 and turn the observers into quantize→dequantize pairs (the simulation)."""
 from __future__ import annotations
 
+import math
 from typing import Any, Iterable, Optional
 
 import torch
 import torch.fx as fx
 
-from qcompiler.graph import node_label
+from qcompiler import meta
+from qcompiler.fixed_point import quantize_bias
+from qcompiler.graph import add_constant, get_tensor, is_constant
 from qcompiler.inputs import calibration_source, check_inputs, input_specs
+from qcompiler.layers import quant_layers
 from qcompiler.observers import ActivationObserver, CalibrationError
-from qcompiler.pass_manager import Pass, PassContext, PassResult, register_pass
+from qcompiler.pass_manager import Pass, PassContext, PassResult, Problem, register_pass
+from qcompiler.progress import bar
 from qcompiler.scheme import QuantSpec
 
 qd = torch.ops.quantized_decomposed
@@ -34,9 +39,9 @@ def batch_inputs(batch: Any, n_inputs: int, index: int) -> tuple:
 
 
 def calibration_batches(gm: fx.GraphModule, ctx: PassContext, max_batches: Optional[int] = None) -> list[tuple]:
-    """The calibration data of this run (``ctx.state['calibration']``) as a list of input
-    tuples, at most ``max_batches`` of them."""
-    data = ctx.state.get("calibration")
+    """The calibration data of this run (``ctx.calibration``) as a list of input tuples, at
+    most ``max_batches`` of them."""
+    data = ctx.calibration
     if data is None:
         raise CalibrationError("this pass needs calibration data: qcompiler.quantize(..., calibration=loader)")
     n_inputs = len(user_inputs(gm))
@@ -51,20 +56,43 @@ def calibration_batches(gm: fx.GraphModule, ctx: PassContext, max_batches: Optio
     return batches
 
 
-def ptq_data(gm: fx.GraphModule, ctx: PassContext, pass_name: str, max_batches: Optional[int],
-             needed: Iterable[str]) -> tuple[fx.GraphModule, list[tuple], tuple]:
-    """What a PTQ pass needs: the float graph (``ctx.state['float_graph']``), the calibration
-    batches, and all of them concatenated into one batch. ``needed`` are node names the
-    float graph must have (the layers the pass compares)."""
-    float_graph = ctx.state.get("float_graph")
-    if float_graph is None:
-        raise CalibrationError(f"{pass_name} needs the float graph: run it through qcompiler.quantize(..., ptq=['{pass_name}'])")
-    names = {n.name for n in float_graph.graph.nodes}
-    missing = sorted(set(needed) - names)
-    if missing:
-        raise CalibrationError(f"{pass_name}: {missing} have no counterpart in the float graph")
+def ptq_problems(gm: fx.GraphModule, ctx: PassContext, pass_name: str, needed: Iterable[str]) -> list[Problem]:
+    """What a PTQ pass (bias_correction, adaround) requires, every unmet part at once: the
+    float graph (``ctx.float_graph``) holding a counterpart of each node in ``needed`` (the
+    layers it compares), calibration data (``ctx.calibration``), and a calibrated
+    simulation (no observers left)."""
+    problems = []
+    via_quantize = f"run it through qcompiler.quantize(..., ptq=['{pass_name}'])"
+    if ctx.float_graph is None:
+        problems.append(Problem(f"{pass_name} needs the float graph (PassContext.float_graph) to compare the simulation with",
+                                f"{via_quantize}, or give PassContext(float_graph=...)"))
+    else:
+        names = {n.name for n in ctx.float_graph.graph.nodes}
+        missing = sorted(set(needed) - names)
+        if missing:
+            problems.append(Problem(f"{pass_name}: {missing} have no counterpart in the float graph",
+                                    "give the float graph the simulation was quantized from (same node names)"))
+    if ctx.calibration is None:
+        problems.append(Problem(f"{pass_name} needs calibration data (PassContext.calibration)",
+                                f"{via_quantize} with calibration=loader, or give PassContext(calibration=...)"))
+    left = observer_nodes(gm)
+    if left:
+        problems.append(Problem(f"{len(left)} observer(s) are still in the graph (e.g. '{left[0].target}'): it is not "
+                                "a calibrated simulation yet", f"run calibrate before {pass_name}"))
+    return problems
+
+
+def ptq_data(gm: fx.GraphModule, ctx: PassContext, max_batches: Optional[int]) -> tuple[fx.GraphModule, list[tuple], tuple]:
+    """What a PTQ pass works on, once ``ptq_problems`` found nothing missing: the float graph
+    (``ctx.float_graph``), the calibration batches, and all of them concatenated into one
+    batch."""
     batches = calibration_batches(gm, ctx, max_batches)
-    return float_graph, batches, tuple(torch.cat(parts) for parts in zip(*batches))
+    return ctx.float_graph, batches, tuple(torch.cat(parts) for parts in zip(*batches))
+
+
+def observer_nodes(gm: fx.GraphModule) -> list[fx.Node]:
+    """The call_module nodes of the observers and shared quantizers insert_quantizers placed."""
+    return [n for n in gm.graph.nodes if n.op == "call_module" and str(n.target).startswith(meta.OBSERVER_PREFIX)]
 
 
 def observers(gm: fx.GraphModule) -> dict[str, ActivationObserver]:
@@ -80,8 +108,6 @@ def run_calibration(gm: fx.GraphModule, data: Iterable, progress: Optional[bool]
     """Run every batch of ``data`` through ``gm`` (observers record), each checked against
     the graph's inputs (qcompiler.inputs.InputError naming the batch); returns the batch
     count."""
-    from qcompiler.progress import bar
-
     n_inputs = len(user_inputs(gm))
     specs = input_specs(gm, example_inputs)
     batches = 0
@@ -98,8 +124,15 @@ def run_calibration(gm: fx.GraphModule, data: Iterable, progress: Optional[bool]
 class Calibrate(Pass):
     """Run the calibration data through the graph's observers, then replace each observer by
     ``quantize_per_tensor`` → ``dequantize_per_tensor`` with the parameters it chose (values
-    re-quantized with another point's parameters reuse them). After this pass the graph is
-    the simulation. Calibration data: this pass's ``data``, else ``ctx.state['calibration']``.
+    re-quantized with another point's parameters reuse them), and give each quantized
+    conv/linear an int32 bias. After this pass the graph is the simulation.
+
+    Requires: observers in the graph (insert_quantizers ran) and calibration data (this
+    pass's ``data``, else ``ctx.calibration``).
+    Ensures: no observer is left; every activation quantizer has a positive finite scale and
+    a zero point within its range (recorded in ``gm.meta[meta.QPARAMS]``); every quantized
+    conv/linear with a constant bias has an int32 bias.
+    Preserves nothing (it quantizes the activations).
     """
 
     preserves = "nothing"
@@ -108,24 +141,48 @@ class Calibrate(Pass):
         self.data = data
         self.progress = progress
 
-    def requires(self, gm: fx.GraphModule, ctx: PassContext) -> None:
+    def requires(self, gm: fx.GraphModule, ctx: PassContext) -> list[Problem]:
+        problems = []
         if not observers(gm):
-            raise CalibrationError("calibrate: the graph has no observers; run insert_quantizers first")
+            problems.append(Problem("calibrate: the graph has no observers", "run insert_quantizers first"))
+        if self.data is None and ctx.calibration is None:
+            problems.append(Problem("calibrate needs calibration data",
+                                    "quantize(..., calibration=loader), Calibrate(data) or PassContext(calibration=...)"))
+        return problems
 
     def run(self, gm: fx.GraphModule, ctx: PassContext) -> PassResult:
-        data = self.data if self.data is not None else ctx.state.get("calibration")
-        if data is None:
-            raise CalibrationError("calibrate needs calibration data: quantize(..., calibration=loader) or Calibrate(data)")
+        data = self.data if self.data is not None else ctx.calibration
         progress = self.progress if self.progress is not None else ctx.progress
         batches = run_calibration(gm, calibration_source(data, input_specs(gm, ctx.example_inputs)), progress,
                                   ctx.example_inputs)
         qparams = convert_observers(gm)
-        return PassResult(gm, True, f"{batches} batch(es); {len(qparams)} activations quantized")
+        return PassResult(gm, True, f"{batches} batch(es); {len(qparams)} activations quantized",
+                          counts={"batches": batches, "activations": len(qparams)})
+
+    def ensures(self, gm: fx.GraphModule, ctx: PassContext) -> list[Problem]:
+        problems = []
+        left = [n.name for n in observer_nodes(gm)] + list(observers(gm))
+        if left:
+            problems.append(Problem(f"observers left in the graph: {left}", "report this as a bug in calibrate"))
+        if meta.QPARAMS not in gm.meta:
+            problems.append(Problem(f"gm.meta['{meta.QPARAMS}'] is not set", "report this as a bug in calibrate"))
+        for node in gm.graph.nodes:
+            if node.target != qd.quantize_per_tensor.default:
+                continue
+            scale, zp, qmin, qmax = node.args[1:5]
+            if not (isinstance(scale, float) and math.isfinite(scale) and scale > 0 and qmin <= zp <= qmax):
+                problems.append(Problem(f"quantizer '{node.name}' has scale {scale!r}, zero point {zp!r} outside a valid "
+                                        f"range for [{qmin}, {qmax}]", "check the calibration data for inf/nan values"))
+        for layer in quant_layers(gm):
+            bias = layer.node.args[2] if len(layer.node.args) > 2 else None
+            if is_constant(bias):
+                problems.append(Problem(f"layer '{layer.name}' keeps a float bias", "report this as a bug in calibrate"))
+        return problems
 
 
 def convert_observers(gm: fx.GraphModule) -> dict[str, tuple[float, int, QuantSpec]]:
     """Replace observer/shared-quantizer call_module nodes by Q→DQ pairs. Returns
-    {quantized value's node name: (scale, zero point, spec)}, also kept in gm.meta['qc_qparams']."""
+    {quantized value's node name: (scale, zero point, spec)}, also kept in gm.meta[meta.QPARAMS]."""
     mods = dict(gm.named_children())
     by_module: dict[str, tuple[float, int, QuantSpec]] = {}
     for name, m in mods.items():
@@ -135,7 +192,7 @@ def convert_observers(gm: fx.GraphModule) -> dict[str, tuple[float, int, QuantSp
             by_module[name] = (*m.qparams(), m.spec)
     result = {}
     for node in list(gm.graph.nodes):
-        if node.op != "call_module" or not node.target.startswith("qc_obs_"):
+        if node.op != "call_module" or not node.target.startswith(meta.OBSERVER_PREFIX):
             continue
         m = mods[node.target]
         params = by_module[node.target] if isinstance(m, ActivationObserver) else by_module[m.source]
@@ -146,15 +203,15 @@ def convert_observers(gm: fx.GraphModule) -> dict[str, tuple[float, int, QuantSp
             q = gm.graph.call_function(qd.quantize_per_tensor.default, (value, scale, zp, spec.qmin, spec.qmax, spec.dtype))
         with gm.graph.inserting_after(q):
             dq = gm.graph.call_function(qd.dequantize_per_tensor.default, (q, scale, zp, spec.qmin, spec.qmax, spec.dtype))
-        dq.meta["val"] = node.meta.get("val")
-        q.meta["qc_spec"] = spec
+        dq.meta[meta.VAL] = node.meta.get(meta.VAL)
+        q.meta[meta.SPEC] = spec
         node.replace_all_uses_with(dq)
         gm.graph.erase_node(node)
         result[value.name] = params
     for name in by_module:
         if hasattr(gm, name):
             delattr(gm, name)
-    gm.meta["qc_qparams"] = result
+    gm.meta[meta.QPARAMS] = result
     quantize_biases(gm)
     return result
 
@@ -163,10 +220,6 @@ def quantize_biases(gm: fx.GraphModule) -> int:
     """Give every conv/linear whose input and weight are quantized an int32 bias with scale
     s_x·s_w (per output channel), as ``dequantize_per_channel(bias_int32, s_x·s_w, 0)``: the
     simulation then adds exactly the bias the integer program adds. Returns how many."""
-    from qcompiler.fixed_point import quantize_bias
-    from qcompiler.graph import add_constant, get_tensor
-    from qcompiler.layers import quant_layers
-
     count = 0
     for layer in list(quant_layers(gm)):
         node, x, w = layer.node, layer.input_dq, layer.weight_dq
@@ -184,8 +237,8 @@ def quantize_biases(gm: fx.GraphModule) -> int:
         with gm.graph.inserting_before(node):
             dq = gm.graph.call_function(qd.dequantize_per_channel.default,
                                         (q_node, s_node, z_node, 0, -(2**31), 2**31 - 1, torch.int32))
-        dq.meta["val"] = bias_node.meta.get("val")
-        node.meta["qc_float_bias"] = b.float()
+        dq.meta[meta.VAL] = bias_node.meta.get(meta.VAL)
+        node.meta[meta.FLOAT_BIAS] = b.float()
         node.replace_input_with(bias_node, dq)
         if not bias_node.users:
             gm.graph.erase_node(bias_node)

@@ -24,22 +24,133 @@ closest to 0, from the BatchNorm statistics fold_bn kept (β mean, σ std of the
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Any, Callable, Optional
 
 import torch
 import torch.fx as fx
 
+from qcompiler import meta
 from qcompiler.graph import (LayerView, add_constant, aten, get_tensor, is_call, is_constant, layer_view,
                              output_shape, replace_all_uses, replace_constant_arg, single_user, tensor_arg)
 from qcompiler.pass_manager import Pass, PassContext, PassResult, register_pass
 from qcompiler.quant_ops import CLAMP_BOUNDS, op_arg
 
-# ------------------------------------------------------------------ activations as data
-# Clamp-like activations and their bounds: qcompiler.quant_ops.CLAMP_BOUNDS.
-_SCALE_ONLY_ACTIVATIONS = {aten.leaky_relu.default}  # positively homogeneous, not shift-equivariant
-_IDENTITY_OPS = {aten.clone.default, aten.alias.default, aten.detach.default}
-_RESHAPE_OPS = {aten.view.default, aten.reshape.default, aten._unsafe_view.default}
-_POOL_OPS = {aten.avg_pool2d.default, aten._adaptive_avg_pool2d.default, aten.adaptive_avg_pool2d.default}
+# ------------------------------------------------------------------ the pair search as rules
+# A pair's path is found by walking from ``first`` through single users. Each op on the way
+# is looked up in PATH_RULES, rows of (pattern, through): ``through(gm, node, rank, cdim)``
+# says how a per-channel scale on channel dim ``cdim`` passes through the op (a _Step), or
+# returns None to decline; the first row that matches and does not decline wins, and an op
+# no row takes ends the walk (no pair). Rows compose by list concatenation.
+
+
+@dataclass(frozen=True)
+class OpPattern:
+    """Matches a call_function node whose target is one of ``targets``."""
+
+    targets: frozenset
+
+    def matches(self, node: fx.Node) -> bool:
+        return node.op == "call_function" and node.target in self.targets
+
+
+def ops(*targets: Any) -> OpPattern:
+    return OpPattern(frozenset(targets))
+
+
+@dataclass(frozen=True)
+class _Step:
+    """How a per-channel scale s passes through one op of a pair's path."""
+
+    kind: str  # "act" (bounds scale with s: a clamp), "scale_only" (commutes with s, not with a shift), "other"
+    rank: int  # the op's output rank
+    cdim: int  # the channel dim of its output
+    shift_ok: bool  # also commutes with a per-channel shift (needed for high-bias absorption)
+    bounds: Optional[tuple] = None  # "act": its (lo, hi), scalars or per-channel float64 vectors (None = unbounded)
+
+
+Through = Callable[[fx.GraphModule, fx.Node, int, int], Optional[_Step]]
+
+
+def _through_clamp(gm: fx.GraphModule, node: fx.Node, rank: int, cdim: int) -> _Step:
+    """relu, relu6, hardtanh, clamp: clip(x/s, lo/s, hi/s) = clip(x, lo, hi)/s."""
+    return _Step("act", rank, cdim, True, CLAMP_BOUNDS[node.target](node))
+
+
+def _through_tensor_clamp(gm: fx.GraphModule, node: fx.Node, rank: int, cdim: int) -> Optional[_Step]:
+    """A clamp with constant per-channel (or scalar) bounds along ``cdim``; declines any other."""
+    bounds = _clamp_tensor_bounds(gm, node, rank, cdim)
+    return None if bounds is None else _Step("act", rank, cdim, True, bounds)
+
+
+def _through_scale_only(gm: fx.GraphModule, node: fx.Node, rank: int, cdim: int) -> _Step:
+    """leaky_relu: positively homogeneous, not shift-equivariant."""
+    return _Step("scale_only", rank, cdim, False)
+
+
+def _through_identity(gm: fx.GraphModule, node: fx.Node, rank: int, cdim: int) -> _Step:
+    return _Step("other", rank, cdim, True)
+
+
+def _through_zero_pad(gm: fx.GraphModule, node: fx.Node, rank: int, cdim: int) -> Optional[_Step]:
+    """A zero pad of the spatial dims only: pad(x/s, 0) = pad(x, 0)/s, but pad(x − c, 0) ≠ pad(x, 0) − c."""
+    pad, value = node.args[1], op_arg(node, 2, "value", 0.0)
+    if value != 0 or rank - len(pad) // 2 <= cdim:
+        return None
+    return _Step("other", rank, cdim, False)
+
+
+def _through_mean(gm: fx.GraphModule, node: fx.Node, rank: int, cdim: int) -> Optional[_Step]:
+    """A mean over dims other than the batch and the channel dim."""
+    dims = [d % rank for d in node.args[1]]
+    if cdim in dims or 0 in dims:
+        return None
+    if op_arg(node, 2, "keepdim", False):
+        return _Step("other", rank, cdim, True)
+    return _Step("other", rank - len(dims), cdim - sum(d < cdim for d in dims), True)
+
+
+def _through_pool(gm: fx.GraphModule, node: fx.Node, rank: int, cdim: int) -> Optional[_Step]:
+    """An average pool over NCHW's spatial dims; padding breaks shift-equivariance."""
+    if cdim != rank - 3:
+        return None
+    shift_ok = node.target != aten.avg_pool2d.default or not any(op_arg(node, 3, "padding", [0]) or [0])
+    return _Step("other", rank, cdim, shift_ok)
+
+
+def _through_flatten(gm: fx.GraphModule, node: fx.Node, rank: int, cdim: int) -> Optional[_Step]:
+    """A view/reshape of [N, C, 1, ..., 1] to [N, C]."""
+    before, after = output_shape(node.args[0]), output_shape(node)
+    if before is None or after is None or cdim != 1:
+        return None
+    if len(after) == 2 and after[1] == before[1] and all(d == 1 for d in before[2:]):
+        return _Step("other", 2, 1, True)
+    return None
+
+
+ACTIVATION_RULES: list[tuple[OpPattern, Through]] = [
+    (ops(*CLAMP_BOUNDS), _through_clamp),  # clamp-like activations and their bounds: qcompiler.quant_ops.CLAMP_BOUNDS
+    (ops(aten.clamp.Tensor), _through_tensor_clamp),
+    (ops(aten.leaky_relu.default), _through_scale_only),
+]
+LAYOUT_RULES: list[tuple[OpPattern, Through]] = [
+    (ops(aten.clone.default, aten.alias.default, aten.detach.default), _through_identity),
+    (ops(aten.constant_pad_nd.default), _through_zero_pad),
+    (ops(aten.mean.dim), _through_mean),
+    (ops(aten.avg_pool2d.default, aten._adaptive_avg_pool2d.default, aten.adaptive_avg_pool2d.default), _through_pool),
+    (ops(aten.view.default, aten.reshape.default, aten._unsafe_view.default), _through_flatten),
+]
+PATH_RULES: list[tuple[OpPattern, Through]] = ACTIVATION_RULES + LAYOUT_RULES
+
+
+def apply_rules(rules: list[tuple[OpPattern, Through]], gm: fx.GraphModule, node: fx.Node, rank: int,
+                cdim: int) -> Optional[_Step]:
+    """The step of the first row of ``rules`` that matches ``node`` and does not decline; None if none."""
+    for pattern, through in rules:
+        if pattern.matches(node):
+            step = through(gm, node, rank, cdim)
+            if step is not None:
+                return step
+    return None
 
 
 # ------------------------------------------------------------------ pairs
@@ -51,6 +162,7 @@ class _PathOp:
     kind: str  # "act", "scale_only", "other"
     rank: int
     cdim: int
+    bounds: Optional[tuple] = None  # "act": its (lo, hi) before equalization
 
 
 @dataclass
@@ -59,49 +171,6 @@ class _Pair:
     second: LayerView
     path: list[_PathOp]
     hba_ok: bool
-
-
-def _step(gm: fx.GraphModule, node: fx.Node, rank: int, cdim: int) -> Optional[tuple[str, int, int, bool]]:
-    """If ``node`` commutes with a per-channel scale on channel dim ``cdim``: (kind, rank,
-    cdim after it, commutes with a per-channel shift too). Else None."""
-    t = node.target
-    if node.op != "call_function":
-        return None
-    if t in CLAMP_BOUNDS or t == aten.clamp.Tensor:
-        if t == aten.clamp.Tensor and _clamp_tensor_bounds(gm, node, rank, cdim) is None:
-            return None
-        return "act", rank, cdim, True
-    if t in _SCALE_ONLY_ACTIVATIONS:
-        return "scale_only", rank, cdim, False
-    if t in _IDENTITY_OPS:
-        return "other", rank, cdim, True
-    if t == aten.constant_pad_nd.default:
-        pad, value = node.args[1], op_arg(node, 2, "value", 0.0)
-        if value != 0 or rank - len(pad) // 2 <= cdim:
-            return None
-        return "other", rank, cdim, False  # pad(x - c, 0) != pad(x, 0) - c
-    if t == aten.mean.dim:
-        dims = [d % rank for d in node.args[1]]
-        keepdim = bool(op_arg(node, 2, "keepdim", False))
-        if cdim in dims or 0 in dims:
-            return None
-        if keepdim:
-            return "other", rank, cdim, True
-        return "other", rank - len(dims), cdim - sum(d < cdim for d in dims), True
-    if t in _POOL_OPS:
-        if cdim != rank - 3:
-            return None
-        shift_ok = t != aten.avg_pool2d.default or not any(op_arg(node, 3, "padding", [0]) or [0])
-        return "other", rank, cdim, shift_ok
-    if t in _RESHAPE_OPS:
-        before, after = output_shape(node.args[0]), output_shape(node)
-        if before is None or after is None or cdim != 1:
-            return None
-        channels = before[1]
-        if len(after) == 2 and after[1] == channels and all(d == 1 for d in before[2:]):
-            return "other", 2, 1, True
-        return None
-    return None
 
 
 def _clamp_tensor_bounds(gm: fx.GraphModule, node: fx.Node, rank: int, cdim: int):
@@ -127,6 +196,8 @@ def _clamp_tensor_bounds(gm: fx.GraphModule, node: fx.Node, rank: int, cdim: int
 
 
 def _find_pair(gm: fx.GraphModule, first: LayerView) -> Optional[_Pair]:
+    """The pair ``first`` starts: its single-use path through PATH_RULES' ops to the next
+    conv/linear, whose input channels must be ``first``'s output channels; None if there is none."""
     shape = output_shape(first.node)
     if shape is None:
         return None
@@ -142,17 +213,14 @@ def _find_pair(gm: fx.GraphModule, first: LayerView) -> Optional[_Pair]:
             expected = 1 if second.kind == "conv" else rank - 1
             if cdim != expected or second.in_channels != first.out_channels:
                 return None
-            pads = second.padding()
-            if not all(isinstance(p, int) and p == 0 for p in pads):
-                hba_ok = False
-            return _Pair(first, second, path, hba_ok)
-        step = _step(gm, user, rank, cdim)
+            no_pad = all(isinstance(p, int) and p == 0 for p in second.padding())  # second(y − c) = second(y) − W·c
+            return _Pair(first, second, path, hba_ok and no_pad)
+        step = apply_rules(PATH_RULES, gm, user, rank, cdim)
         if step is None:
             return None
-        kind, new_rank, new_cdim, shift_ok = step
-        path.append(_PathOp(user, kind, rank, cdim))
-        hba_ok = hba_ok and shift_ok
-        node, rank, cdim = user, new_rank, new_cdim
+        path.append(_PathOp(user, step.kind, rank, cdim, step.bounds))
+        hba_ok = hba_ok and step.shift_ok
+        node, rank, cdim = user, step.rank, step.cdim
 
 
 # ------------------------------------------------------------------ channel algebra on [out, in/groups, *k]
@@ -199,6 +267,7 @@ class _State:
     bias: dict = field(default_factory=dict)  # node -> float64 bias [out]
     bounds: dict = field(default_factory=dict)  # act node -> [lo, hi] per-channel float64 (None = unbounded)
     stats: dict = field(default_factory=dict)  # node -> {"mean", "std"}
+    original_bounds: dict = field(default_factory=dict)  # act node -> its bounds before any rewrite
 
 
 @register_pass(after=["fold_bn"])
@@ -217,6 +286,10 @@ class Equalize(Pass):
     are left alone.
 
     Options: ``absorb_bias`` (default True), ``max_sweeps`` (100), ``tol`` (1e-4 in log-scale).
+    Which ops a pair's path may cross is data: PATH_RULES (this module).
+    Requires nothing beyond a graph; reads ``meta.BN_STATS`` (fold_bn) for the absorption.
+    Counts: ``layers``, ``pairs``, ``sweeps``, ``changed_layers``, ``absorbed`` (the pairs
+    themselves: ``ctx.notes["equalize"]``).
     """
 
     preserves = "function_up_to_fp"
@@ -231,16 +304,21 @@ class Equalize(Pass):
         layers = [v for v in (layer_view(gm, n) for n in gm.graph.nodes) if v is not None]
         pairs = [p for p in (_find_pair(gm, v) for v in layers) if p is not None]
         if not pairs:
-            return PassResult(gm, False, f"no equalizable pairs among {len(layers)} layers")
+            ctx.notes["equalize"] = {"pairs": [], "sweeps": 0, "absorbed": []}
+            return PassResult(gm, False, f"no equalizable pairs among {len(layers)} layers",
+                              counts={"layers": len(layers), "pairs": 0, "sweeps": 0, "changed_layers": 0, "absorbed": 0})
         state = self._load(gm, pairs)
         sweeps = self._equalize(pairs, state)
-        absorbed = self._absorb_high_bias(pairs, state) if self.absorb_bias else 0
+        absorbed = self._absorb_high_bias(pairs, state) if self.absorb_bias else []
         changed = self._write_back(gm, pairs, state)
-        ctx.notes["equalize"] = {"pairs": [(p.first.node.name, p.second.node.name) for p in pairs], "sweeps": sweeps}
+        names = lambda ps: [(p.first.node.name, p.second.node.name) for p in ps]
+        ctx.notes["equalize"] = {"pairs": names(pairs), "sweeps": sweeps, "absorbed": names(absorbed)}
         return PassResult(
             gm, changed > 0,
             f"{len(pairs)} pairs, {sweeps} sweeps; changed {changed} of {len(layers)} layers; "
-            f"high bias absorbed in {absorbed} pairs",
+            f"high bias absorbed in {len(absorbed)} pairs",
+            counts={"layers": len(layers), "pairs": len(pairs), "sweeps": sweeps, "changed_layers": changed,
+                    "absorbed": len(absorbed)},
         )
 
     # -- state -----------------------------------------------------------------------
@@ -252,17 +330,14 @@ class Equalize(Pass):
                     st.weight[layer.node] = tensor_arg(gm, layer.node, 1).double()
                     b = tensor_arg(gm, layer.node, 2)
                     st.bias[layer.node] = torch.zeros(layer.out_channels, dtype=torch.float64) if b is None else b.double()
-            stats = p.first.node.meta.get("bn_stats")
+            stats = p.first.node.meta.get(meta.BN_STATS)
             if stats is not None:
                 st.stats[p.first.node] = {k: v.double().clone() for k, v in stats.items()}
             channels = p.first.out_channels
             for op in p.path:
                 if op.kind != "act":
                     continue
-                if op.node.target == aten.clamp.Tensor:
-                    lo, hi = _clamp_tensor_bounds(gm, op.node, op.rank, op.cdim)
-                else:
-                    lo, hi = CLAMP_BOUNDS[op.node.target](op.node)
+                lo, hi = op.bounds
                 st.bounds[op.node] = [None if v is None else torch.as_tensor(v, dtype=torch.float64).expand(channels).clone()
                                       for v in (lo, hi)]
         st.original_bounds = {n: [None if v is None else v.clone() for v in b] for n, b in st.bounds.items()}
@@ -294,8 +369,8 @@ class Equalize(Pass):
             st.stats[first] = {k: v / s for k, v in st.stats[first].items()}
 
     # -- high-bias absorption ----------------------------------------------------------
-    def _absorb_high_bias(self, pairs: list[_Pair], st: _State) -> int:
-        absorbed = 0
+    def _absorb_high_bias(self, pairs: list[_Pair], st: _State) -> list[_Pair]:
+        absorbed = []
         for p in pairs:
             stats = st.stats.get(p.first.node)
             acts = [op.node for op in p.path if op.kind == "act"]
@@ -312,7 +387,7 @@ class Equalize(Pass):
             for node in acts:
                 st.bounds[node] = [None if v is None else v - c for v in st.bounds[node]]
             st.bias[p.second.node] = st.bias[p.second.node] + _absorb_in(st.weight[p.second.node], p.second.groups, c)
-            absorbed += 1
+            absorbed.append(p)
         return absorbed
 
     @staticmethod
@@ -338,7 +413,7 @@ class Equalize(Pass):
             if not same_b:
                 replace_constant_arg(gm, node, 2, new_b, f"{node.name}_bias_eq")
         for node, stats in st.stats.items():
-            node.meta["bn_stats"] = stats
+            node.meta[meta.BN_STATS] = stats
         by_act = {op.node: op for p in pairs for op in p.path if op.node in st.bounds}
         for act, bounds in st.bounds.items():
             original = st.original_bounds[act]

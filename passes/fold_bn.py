@@ -4,16 +4,16 @@ from __future__ import annotations
 import torch
 import torch.fx as fx
 
-from qcompiler.errors import PassError
+from qcompiler import meta
 from qcompiler.graph import (BN_EVAL_OPS, BN_TRAIN_OPS, getitem_users, is_call, layer_view, node_label,
                              output_shape, remove_unused_constants, replace_all_uses, replace_constant_arg, tensor_arg)
-from qcompiler.pass_manager import Pass, PassContext, PassResult, register_pass
+from qcompiler.pass_manager import Pass, PassContext, PassResult, Problem, register_pass
 
 
 def bn_stats(node: fx.Node) -> dict | None:
     """The per-channel mean and std of the pre-activation output of a conv/linear whose
     BatchNorm was folded into it (recorded by fold_bn; used by equalize's bias absorption)."""
-    return node.meta.get("bn_stats")
+    return node.meta.get(meta.BN_STATS)
 
 
 @register_pass(before=["equalize"])
@@ -33,15 +33,15 @@ class FoldBn(Pass):
     preserves = "function_up_to_fp"
     tolerance = 1e-4
 
-    def requires(self, gm: fx.GraphModule, ctx: PassContext) -> None:
+    def requires(self, gm: fx.GraphModule, ctx: PassContext) -> list[Problem]:
         training = [n for n in gm.graph.nodes if is_call(n, BN_TRAIN_OPS)]
-        if training:
-            raise PassError(
-                "fold_bn: BatchNorm in training mode (it normalises with batch statistics, so folding "
-                f"would change the function): {', '.join(node_label(n) for n in training)}. "
-                "Capture the model in eval mode (qcompiler.capture does this: call it on the model, "
-                "or call model.eval() before torch.export)."
-            )
+        if not training:
+            return []
+        return [Problem(
+            "fold_bn: BatchNorm in training mode (it normalises with batch statistics, so folding "
+            f"would change the function): {', '.join(node_label(n) for n in training)}",
+            "capture the model in eval mode (qcompiler.capture does this: call it on the model, "
+            "or call model.eval() before torch.export)")]
 
     def run(self, gm: fx.GraphModule, ctx: PassContext) -> PassResult:
         folded, skipped = 0, []
@@ -54,7 +54,7 @@ class FoldBn(Pass):
         remove_unused_constants(gm)
         ctx.notes["fold_bn"] = skipped
         summary = f"folded {folded} BatchNorm(s)" + (f"; left {len(skipped)} alone ({'; '.join(skipped[:3])})" if skipped else "")
-        return PassResult(gm, modified=folded > 0, summary=summary)
+        return PassResult(gm, modified=folded > 0, summary=summary, counts={"folded": folded, "left_alone": len(skipped)})
 
     @staticmethod
     def _fold(gm: fx.GraphModule, bn: fx.Node) -> str:
@@ -88,7 +88,7 @@ class FoldBn(Pass):
         new_bias = (bias - mean.double()) * scale + beta
         replace_constant_arg(gm, layer.node, 1, new_weight.float(), f"{layer.node.name}_weight_folded")
         replace_constant_arg(gm, layer.node, 2, new_bias.float(), f"{layer.node.name}_bias_folded")
-        layer.node.meta["bn_stats"] = {"mean": beta.clone(), "std": gamma.abs().clone()}
+        layer.node.meta[meta.BN_STATS] = {"mean": beta.clone(), "std": gamma.abs().clone()}
         replace_all_uses(outs[0], layer.node) if 0 in outs else None
         for item in outs.values():
             gm.graph.erase_node(item)

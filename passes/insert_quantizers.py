@@ -12,13 +12,13 @@ from typing import Any, Optional, Union
 import torch
 import torch.fx as fx
 
+from qcompiler import meta
 from qcompiler.errors import QCompilerError, did_you_mean
-from qcompiler.graph import aten, get_tensor, is_constant, layer_view, node_label, single_user
+from qcompiler.graph import add_constant, aten, get_tensor, layer_view, node_label, single_user
 from qcompiler.observers import ActivationObserver, weight_qparams
-from qcompiler.pass_manager import Pass, PassContext, PassResult, register_pass
+from qcompiler.pass_manager import Pass, PassContext, PassResult, Problem, register_pass
 from qcompiler.quant_ops import (ACTIVATION, ARG_CHECKS, OWN, PASSTHROUGH, SHARED, WEIGHTED, op_kind, op_name)
 from qcompiler.scheme import QuantScheme, QuantSpec, host_scheme
-import qcompiler.quant_ops  # noqa: F401,E402
 
 qd = torch.ops.quantized_decomposed
 
@@ -66,8 +66,12 @@ class SharedQuantizer(torch.nn.Module):
         return f"source={self.source}"
 
 
+_QDQ_OPS = {qd.quantize_per_tensor.default, qd.dequantize_per_tensor.default, qd.quantize_per_channel.default,
+            qd.dequantize_per_channel.default}
+
+
 def is_float_tensor(node: Any) -> bool:
-    val = node.meta.get("val") if isinstance(node, fx.Node) else None
+    val = node.meta.get(meta.VAL) if isinstance(node, fx.Node) else None
     return isinstance(val, torch.Tensor) and val.is_floating_point()
 
 
@@ -82,6 +86,12 @@ class InsertQuantizers(Pass):
     standalone clamps are re-quantized with their input's parameters; layout ops, max pooling
     and zero padding need no quantizer (integer values pass through unchanged).
 
+    Requires: a float graph (no observers, quantize or dequantize nodes yet) whose every op
+    has an integer form or may fall back to float (else UnsupportedOpError listing them all);
+    overrides that name nodes or ops of the graph.
+    Ensures: every conv/linear the scheme quantizes takes its weight from a dequantize, with
+    its float weight and spec in ``node.meta[meta.FLOAT_WEIGHT]``/``[meta.WEIGHT_SPEC]``;
+    ``gm.meta[meta.SCHEME]`` and ``gm.meta[meta.OVERRIDES]`` are set.
     Preserves nothing by itself (``calibrate`` turns observers into quantizers); until then
     the graph computes the float function with quantized weights.
     """
@@ -134,7 +144,14 @@ class InsertQuantizers(Pass):
             return "float"
         return kind
 
-    def requires(self, gm: fx.GraphModule, ctx: PassContext) -> None:
+    def requires(self, gm: fx.GraphModule, ctx: PassContext) -> list[Problem]:
+        quantized = [n.name for n in gm.graph.nodes if n.target in _QDQ_OPS
+                     or (n.op == "call_module" and str(n.target).startswith(meta.OBSERVER_PREFIX))]
+        if quantized:
+            return [Problem(f"the graph is already quantized: it has quantizers or observers ({', '.join(quantized[:5])}"
+                            f"{', ...' if len(quantized) > 5 else ''})",
+                            "give insert_quantizers the float graph (quantize() takes the float model); to compile a "
+                            "PT2E-quantized graph use qcompiler.from_pt2e")]
         overrides = self._resolve_overrides(gm)
         unsupported = []
         for node in gm.graph.nodes:
@@ -151,6 +168,19 @@ class InsertQuantizers(Pass):
                 + f"\nThe scheme's float fallback ops: {allowed}.\nTo keep them in float (where the target allows it): "
                 "QuantScheme(fallback_ops=frozenset({'<op name>'})), or overrides={'<node name>': 'float'}."
             )
+        return []
+
+    def ensures(self, gm: fx.GraphModule, ctx: PassContext) -> list[Problem]:
+        problems = [Problem(f"gm.meta['{key}'] is not set", "report this as a bug in insert_quantizers")
+                    for key in (meta.SCHEME, meta.OVERRIDES) if key not in gm.meta]
+        for node in gm.graph.nodes:
+            if meta.WEIGHT_SPEC not in node.meta:
+                continue
+            weight = node.args[1]
+            if not (isinstance(weight, fx.Node) and weight.target in _QDQ_OPS and meta.FLOAT_WEIGHT in node.meta):
+                problems.append(Problem(f"{node_label(node)}: its weight is not behind a dequantize",
+                                        "report this as a bug in insert_quantizers"))
+        return problems
 
     # -- the rewrite -----------------------------------------------------------------------
     def run(self, gm: fx.GraphModule, ctx: PassContext) -> PassResult:
@@ -211,15 +241,16 @@ class InsertQuantizers(Pass):
 
         observers = self._insert_observers(gm, points)
         weights = self._quantize_weights(gm, kinds, overrides)
-        gm.meta["qc_scheme"] = self.scheme
-        gm.meta["qc_overrides"] = {n.name: o for n, o in overrides.items()}
-        return PassResult(gm, True, f"{observers} activation quantizers, {weights} weights quantized ({self.scheme.describe()})")
+        gm.meta[meta.SCHEME] = self.scheme
+        gm.meta[meta.OVERRIDES] = {n.name: o for n, o in overrides.items()}
+        return PassResult(gm, True, f"{observers} activation quantizers, {weights} weights quantized ({self.scheme.describe()})",
+                          counts={"observers": observers, "weights": weights})
 
     def _insert_observers(self, gm: fx.GraphModule, points: dict) -> int:
         module_of: dict[fx.Node, str] = {}
         count = 0
         for node, spec in points.items():
-            name = f"qc_obs_{node.name}"
+            name = f"{meta.OBSERVER_PREFIX}{node.name}"
             if isinstance(spec, QuantSpec):
                 module = ActivationObserver(spec, self.method, node.name)
                 count += 1
@@ -233,7 +264,7 @@ class InsertQuantizers(Pass):
                 anchor = [n for n in gm.graph.nodes if n.op == "placeholder"][-1]
             with gm.graph.inserting_after(anchor):
                 obs = gm.graph.call_module(name, (node,))
-            obs.meta["val"] = node.meta.get("val")
+            obs.meta[meta.VAL] = node.meta.get(meta.VAL)
             for user in users:
                 user.replace_input_with(node, obs)
         return count
@@ -277,8 +308,6 @@ def quantize_weight(w: torch.Tensor, scales: torch.Tensor, zps: torch.Tensor, sp
 
 def _replace_weight(gm: fx.GraphModule, node: fx.Node, q: torch.Tensor, scales: torch.Tensor, zps: torch.Tensor,
                     spec: QuantSpec, float_weight: torch.Tensor) -> None:
-    from qcompiler.graph import add_constant
-
     q_node = add_constant(gm, f"{node.name}_weight_int", q, before=node)
     with gm.graph.inserting_before(node):
         if spec.granularity == "tensor":
@@ -290,10 +319,10 @@ def _replace_weight(gm: fx.GraphModule, node: fx.Node, q: torch.Tensor, scales: 
             with gm.graph.inserting_before(node):
                 dq = gm.graph.call_function(qd.dequantize_per_channel.default,
                                             (q_node, s_node, z_node, spec.axis, spec.qmin, spec.qmax, spec.dtype))
-    dq.meta["val"] = float_weight
+    dq.meta[meta.VAL] = float_weight
     old = node.args[1]
     node.replace_input_with(old, dq)
     if not old.users:
         gm.graph.erase_node(old)
-    node.meta["qc_float_weight"] = float_weight
-    node.meta["qc_weight_spec"] = spec
+    node.meta[meta.FLOAT_WEIGHT] = float_weight
+    node.meta[meta.WEIGHT_SPEC] = spec

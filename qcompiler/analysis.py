@@ -15,7 +15,9 @@ from typing import Iterable, Optional
 import torch
 import torch.fx as fx
 
+from . import meta
 from .activations import record
+from .progress import bar
 from .quant_ops import ACTIVATION, op_kind
 
 qd = torch.ops.quantized_decomposed
@@ -87,7 +89,7 @@ def _label(q: fx.Node) -> str:
 
 
 def _module_path(node: Optional[fx.Node]) -> str:
-    stack = node.meta.get("nn_module_stack") if node is not None else None
+    stack = node.meta.get(meta.NN_MODULE_STACK) if node is not None else None
     if not stack:
         return ""
     path, kind = list(stack.values())[-1]
@@ -99,8 +101,6 @@ def analyze(sim: fx.GraphModule, float_graph: fx.GraphModule, batches: Iterable[
             progress: Optional[bool] = None) -> Analysis:
     """Per quantized value of ``sim``: local and cumulative SQNR against ``float_graph``.
     ``progress``: a bar over the batches (qcompiler.progress)."""
-    from .progress import bar
-
     qs = [n for n in sim.graph.nodes if n.op == "call_function" and n.target == qd.quantize_per_tensor.default]
     float_nodes = {n.name: n for n in float_graph.graph.nodes}
     qs = [q for q in qs if q.args[0].name in float_nodes]

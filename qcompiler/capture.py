@@ -20,6 +20,7 @@ from typing import Any, Sequence
 import torch
 import torch.fx as fx
 
+from . import meta
 from .errors import CaptureError
 from .inputs import InputError, as_input_tuple
 from .log import logger
@@ -159,7 +160,7 @@ def _quiet_torch_logs():
 def _batch_is_symbolic(exported) -> bool:
     for node in exported.graph.nodes:
         if node.op == "placeholder" and node.name in exported.graph_signature.user_inputs:
-            val = node.meta.get("val")
+            val = node.meta.get(meta.VAL)
             if isinstance(val, torch.Tensor) and val.dim() > 0 and not isinstance(val.shape[0], int):
                 return True
     return False
@@ -232,6 +233,6 @@ def capture(model: torch.nn.Module, example_inputs: Any, *, dynamic_batch: bool 
     for name, b in list(gm.named_buffers()):
         owner = gm.get_submodule(name.rpartition(".")[0]) if "." in name else gm
         owner._buffers[name.rpartition(".")[2]] = b.detach().clone()
-    gm.meta["model_class"] = type(model).__name__
-    gm.meta["example_inputs"] = inputs
+    gm.meta[meta.MODEL_CLASS] = type(model).__name__
+    gm.meta[meta.EXAMPLE_INPUTS] = inputs
     return gm

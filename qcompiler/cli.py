@@ -17,8 +17,16 @@ import time
 from typing import Any, Optional
 
 import torch
+from rich.console import Console
+from rich.markup import escape
 
-from .errors import QCompilerError
+from .compiled import compile_model, export_names
+from .errors import QCompilerError, did_you_mean
+from .export import resolve_destination
+from .log import logger
+from .progress import task
+from .quantize import quantize
+from .targets import TARGETS, get_target
 
 
 def load_object(spec: str, what: str) -> Any:
@@ -32,8 +40,6 @@ def load_object(spec: str, what: str) -> Any:
         raise QCompilerError(f"{what} {spec!r}: cannot import module {module_name!r} ({exc}); is it on PYTHONPATH?") from exc
     if not hasattr(module, attribute):
         public = [n for n in dir(module) if not n.startswith("_")]
-        from .errors import did_you_mean
-
         raise QCompilerError(f"{what} {spec!r}: module {module_name!r} has no {attribute!r}{did_you_mean(attribute, public)}")
     return getattr(module, attribute)
 
@@ -59,8 +65,6 @@ def load_calibration(spec: Optional[str], batch: int) -> Optional[Any]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .targets import TARGETS
-
     p = argparse.ArgumentParser(prog="qcompile", description="Quantize a PyTorch model and compile its integer program.")
     p.add_argument("model", help="MODULE:FACTORY returning an nn.Module or (module, example_inputs)")
     p.add_argument("--input-shape", type=_shape, action="append",
@@ -83,19 +87,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    from rich.console import Console
-
     console = Console(stderr=True)
     args = build_parser().parse_args(argv)
     progress = False if args.no_progress else None
     try:
-        from .compiled import compile_model, export_names
-        from .export import resolve_destination
-        from .log import logger
-        from .progress import task
-        from .quantize import quantize
-        from .targets import get_target
-
         if args.export:  # refuse a destination before spending minutes compiling
             resolve_destination(args.export, args.force, export_names(get_target(args.target)))
         with task("loading the model", progress):
@@ -122,8 +117,6 @@ def main(argv: Optional[list[str]] = None) -> int:
             path = cm.export(args.export, overwrite=args.force)
             print(f"exported to {path}")
     except QCompilerError as exc:
-        from rich.markup import escape
-
         console.print(f"[red]qcompile: {escape(str(exc))}[/red]", soft_wrap=True)
         return 2
     return 0

@@ -18,21 +18,35 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Protocol
 
 import numpy as np
 import torch
 import torch.fx as fx
+from torch.utils._pytree import treespec_dumps, treespec_loads
 
+from .compile_report import compile_report
+from .encodings import encodings as quantized_encodings
 from .errors import QCompilerError
 from .export import ExportError, read_manifest, write_export
+from .fixed_point import quantize_values
 from .inputs import check_built_inputs, describe_types
 from .ops import op_of
 from .log import native_output_captured
 from .progress import task
-from .quantize import QuantizedModel
+from .targets import get_target
 
-__all__ = ["CompiledModel", "LoadedModel", "ExportError", "compile_model", "qcompile", "load", "integer_core"]
+__all__ = ["CompiledModel", "LoadedModel", "ExportError", "QuantizedProgram", "compile_model", "load", "integer_core"]
+
+
+class QuantizedProgram(Protocol):
+    """What ``compile_model`` builds: a qcompiler.QuantizedModel (qcompiler.quantize), or
+    anything with the same attributes."""
+
+    graph: fx.GraphModule  # the simulation (for the encodings and the report)
+    program: fx.GraphModule  # the integer program
+    example_inputs: tuple
+    scheme: Any  # the QuantScheme
 
 
 def _flat_inputs(inputs: Any) -> tuple:
@@ -104,7 +118,7 @@ class CompiledModel:
     timings: seconds per compile step ("quantize", "lower + build").
     """
 
-    def __init__(self, qm: QuantizedModel, target: Any, runtime: Any, example_inputs: tuple, timings: dict[str, float]):
+    def __init__(self, qm: QuantizedProgram, target: Any, runtime: Any, example_inputs: tuple, timings: dict[str, float]):
         self.qm = qm
         self.target = target
         self.runtime = runtime
@@ -133,8 +147,6 @@ class CompiledModel:
 
     @staticmethod
     def _quantize_input(x: Any, encoding: dict) -> np.ndarray:
-        from .fixed_point import quantize_values
-
         x = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
         q = quantize_values(x, encoding["scale"], encoding["zero_point"], encoding["qmin"], encoding["qmax"])
         return q.astype(encoding["dtype"])
@@ -154,9 +166,7 @@ class CompiledModel:
     # ---------------------------------------------------------------- reporting and export
     def encodings(self) -> dict:
         """Every quantized tensor's scale, zero point, bits and dtype (qcompiler.encodings), plus the edges."""
-        from .encodings import encodings
-
-        result = encodings(self.qm.graph)
+        result = quantized_encodings(self.qm.graph)
         result["inputs"] = integer_core(self.qm.program)[1]
         return result
 
@@ -165,8 +175,6 @@ class CompiledModel:
         ``data``: batches to measure the error on (default: the example inputs). The
         default report is measured once and kept: ``export`` writes the one ``report()``
         printed."""
-        from .compile_report import compile_report
-
         if data is not None or repeats != 5:
             return compile_report(self, data, repeats)
         if self._report is None:
@@ -181,8 +189,6 @@ class CompiledModel:
         working directory or a parent of it). Atomic: a failure leaves ``directory`` as it
         was. Load it back with ``qcompiler.load(directory)``. Rules: qcompiler.export.
         Raises ExportError naming the directory and the fix."""
-        from torch.utils._pytree import treespec_dumps
-
         library, encodings_file, report_file = export_names(self.target)
         out_spec = getattr(self.runtime, "out_spec", None)
 
@@ -204,37 +210,17 @@ class CompiledModel:
                 f"{self.qm.scheme.describe()})")
 
 
-def compile_model(qm: QuantizedModel, target: str = "host", threads: Optional[int] = None,
+def compile_model(qm: QuantizedProgram, target: str = "host", threads: Optional[int] = None,
                   progress: Optional[bool] = None) -> CompiledModel:
     """Build ``qm``'s integer program for ``target`` (see qcompiler.targets.TARGETS), its
     kernels tiled for and run on ``threads`` threads (default: every CPU). ``progress``:
     a spinner naming the stage (lowering, building), see qcompiler.progress. What TVM
     prints while building goes to the "qcompiler" logger at DEBUG (qcompiler.log)."""
-    from .targets import get_target
-
     info = get_target(target)
     start = time.perf_counter()
     with task(f"compiling for {info.name}", progress), native_output_captured("TVM"):
         runtime = info.build(qm.program, qm.example_inputs, threads=threads)
     return CompiledModel(qm, info, runtime, qm.example_inputs, {"lower + build": time.perf_counter() - start})
-
-
-def qcompile(model: torch.nn.Module, example_inputs: Any, target: str = "host", bits: int = 8,
-             threads: Optional[int] = None, progress: Optional[bool] = None, **quantize_kwargs: Any) -> CompiledModel:
-    """``quantize`` with the target's scheme, then ``compile``: the one-line promise.
-    ``threads``: see ``compile_model``; ``progress``: see qcompiler.progress.
-    ``quantize_kwargs`` go to qcompiler.quantize (calibration, method, passes, ptq, overrides...)."""
-    from .quantize import quantize
-    from .targets import get_target
-
-    info = get_target(target)
-    quantize_kwargs.setdefault("scheme", info.scheme())
-    start = time.perf_counter()
-    qm = quantize(model, example_inputs, bits=bits, progress=progress, **quantize_kwargs)
-    quantize_seconds = time.perf_counter() - start
-    cm = compile_model(qm, info, threads=threads, progress=progress)
-    cm.timings = {"quantize": quantize_seconds, **cm.timings}
-    return cm
 
 
 class LoadedModel:
@@ -270,10 +256,6 @@ def load(directory: str | os.PathLike) -> LoadedModel:
     """Load the export in ``directory`` (written by ``cm.export``) to run it: host libraries
     in this process, arm_cpu libraries under qemu-aarch64 (scripts/setup-arm.sh). Raises
     ExportError when the directory holds no qcompiler export or its library is missing."""
-    from torch.utils._pytree import treespec_loads
-
-    from .targets import get_target
-
     directory, manifest = read_manifest(directory)
     info = get_target(manifest["target"])
     library = directory / manifest["library"]

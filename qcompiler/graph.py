@@ -11,7 +11,11 @@ from dataclasses import dataclass
 from typing import Any, Iterable, Optional
 
 import torch
+import torch.ao.quantization.fx._decomposed  # noqa: F401  registers the quantized_decomposed ops (the IR's Q/DQ)
 import torch.fx as fx
+
+from . import meta
+from .errors import GraphError
 
 aten = torch.ops.aten
 
@@ -89,15 +93,13 @@ def add_constant(gm: fx.GraphModule, name_hint: str, value: torch.Tensor, before
     set_tensor(gm, target, value)
     with gm.graph.inserting_before(before):
         node = gm.graph.get_attr(target)
-    node.meta["val"] = value
+    node.meta[meta.VAL] = value
     return node
 
 
 def tensor_arg(gm: fx.GraphModule, node: fx.Node, index: int) -> Optional[torch.Tensor]:
     """The constant tensor passed as argument ``index`` of ``node`` (None if the argument is
     None or absent). Raises GraphError if it is not a get_attr constant."""
-    from .errors import GraphError
-
     arg = node.args[index] if index < len(node.args) else None
     if arg is None:
         return None
@@ -205,7 +207,7 @@ def layer_view(gm: fx.GraphModule, node: Any) -> Optional[LayerView]:
 
 def output_shape(node: fx.Node) -> Optional[torch.Size]:
     """The (possibly symbolic) shape of ``node``'s output from its metadata, if known."""
-    val = node.meta.get("val")
+    val = node.meta.get(meta.VAL)
     return val.shape if isinstance(val, torch.Tensor) else None
 
 
@@ -217,8 +219,8 @@ def single_user(node: fx.Node) -> Optional[fx.Node]:
 def replace_all_uses(old: fx.Node, new: fx.Node) -> None:
     """Point every user of ``old`` at ``new`` and carry ``old``'s output metadata over."""
     old.replace_all_uses_with(new)
-    if "val" in old.meta and "val" not in new.meta:
-        new.meta["val"] = old.meta["val"]
+    if meta.VAL in old.meta and meta.VAL not in new.meta:
+        new.meta[meta.VAL] = old.meta[meta.VAL]
 
 
 def getitem_users(node: fx.Node) -> dict[int, fx.Node]:

@@ -1,18 +1,30 @@
 """``quantize``: float passes + quantizer insertion + calibration (+ PTQ passes), giving a
-QuantizedModel whose ``simulate`` runs the quantized graph in torch."""
+QuantizedModel whose ``simulate`` runs the quantized graph in torch; ``qcompile``: quantize
+with a target's scheme, then build (qcompiler.compiled)."""
 from __future__ import annotations
 
+import time
 from typing import Any, Iterable, Optional, Sequence
 
 import torch
 import torch.fx as fx
 
+from . import meta
+from .agreement import compare_ops
+from .analysis import analyze
 from .capture import capture
-from .errors import QCompilerError
+from .compiled import CompiledModel, compile_model
 from .graph import clone_graph
 from .inputs import InputSpec, as_input_tuple, calibration_source, check_inputs, input_specs
+from .integer import to_integer_program
+from .interpreter import interpret
 from .pass_manager import PassContext, PassLike, PassManager, PassReport
+from .passes import Calibrate, InsertQuantizers
+from .passes.calibrate import batch_inputs
 from .scheme import QuantScheme, host_scheme
+from .ste import differentiable_simulation
+from .targets import get_target
+from .verify import verify_graph
 
 DEFAULT_FLOAT_PASSES = ("fold_bn",)
 
@@ -48,15 +60,11 @@ class QuantizedModel:
     def program(self) -> fx.GraphModule:
         """The integer program (qcompiler's integer ops, every parameter explicit)."""
         if self._program is None:
-            from .integer import to_integer_program
-
             self._program = to_integer_program(self.graph)
         return self._program
 
     def interpret(self, *inputs: Any) -> Any:
         """Run the integer program exactly (numpy; the reference every target must equal)."""
-        from .interpreter import interpret
-
         return interpret(self.program, *self.check_inputs(inputs, "qm.interpret"))
 
     def analyze(self, data: Iterable, max_batches: int = 8, progress: Optional[bool] = None):
@@ -65,9 +73,6 @@ class QuantizedModel:
         calibration (a DataLoader, a list of batches, or one tensor of samples), at most
         ``max_batches`` of them. The node names it prints are the keys ``overrides`` takes.
         ``progress``: see qcompiler.progress."""
-        from .analysis import analyze
-        from .passes.calibrate import batch_inputs
-
         n_inputs = len(self.example_inputs)
         source = calibration_source(data, self.input_specs)
         batches = [self.check_inputs(batch_inputs(b, n_inputs, i), "qm.analyze data", batch=i)
@@ -77,20 +82,16 @@ class QuantizedModel:
     def trainable(self) -> fx.GraphModule:
         """A differentiable copy of the simulation (straight-through estimator) whose
         weights are float parameters: for QAT or other gradient-based tuning."""
-        from .ste import differentiable_simulation
-
         return differentiable_simulation(self.graph)
 
     def compare_ops(self, *inputs: Any):
         """Per integer op: how many output elements differ from the simulation by one step
         (each op fed the simulation's own inputs). See qcompiler.agreement."""
-        from .agreement import compare_ops
-
         return compare_ops(self.graph, self.program, inputs)
 
     @property
     def qparams(self) -> dict:
-        return self.graph.meta.get("qc_qparams", {})
+        return self.graph.meta.get(meta.QPARAMS, {})
 
     def simulate(self, *inputs: Any) -> Any:
         """Run the simulation (fake-quantized float ops) on ``inputs``."""
@@ -104,12 +105,10 @@ class QuantizedModel:
         with torch.no_grad():
             return self.float_graph(*inputs)
 
-    def compile(self, target: str = "host", threads: Optional[int] = None, progress: Optional[bool] = None):
+    def compile(self, target: str = "host", threads: Optional[int] = None, progress: Optional[bool] = None) -> CompiledModel:
         """Build the integer program for ``target`` ("host", ...): a CompiledModel that
         equals ``interpret`` bit for bit (qcompiler.compiled); ``threads``: how many threads
         it runs on (default: every CPU); ``progress``: see qcompiler.progress."""
-        from .compiled import compile_model
-
         return compile_model(self, target, threads=threads, progress=progress)
 
     def __repr__(self) -> str:
@@ -139,16 +138,13 @@ def quantize(model: torch.nn.Module, example_inputs: Any, bits: int = 8, activat
     a key that is both a node name and an op's short name (a node called "hardtanh") means
     the node; write the full op name ("aten.hardtanh.default") to mean every such op.
     """
-    from .passes import Calibrate, InsertQuantizers  # noqa: F401  (registers them)
-
     q_scheme = make_scheme(bits, activation_bits, scheme)
     inputs = as_input_tuple(example_inputs)
     gm = model if isinstance(model, fx.GraphModule) else capture(model, inputs)
     calibration = [inputs] if calibration is None else calibration_source(calibration, input_specs(gm, inputs))
     float_result = PassManager(list(passes), verify=verify).run(gm, inputs)
     float_graph = clone_graph(float_result.gm)
-    ctx = PassContext(example_inputs=inputs, state={"calibration": calibration, "float_graph": float_graph},
-                      progress=progress)
+    ctx = PassContext(example_inputs=inputs, calibration=calibration, float_graph=float_graph, progress=progress)
     quant_passes = [InsertQuantizers(q_scheme, overrides, method), Calibrate(progress=progress), *ptq]
     result = PassManager(quant_passes).run(float_result.gm, inputs, ctx)
     report = PassReport(float_result.report.records + result.report.records)
@@ -162,7 +158,20 @@ def from_pt2e(graph: fx.GraphModule, example_inputs: Any, float_graph: Optional[
     for ``analyze``."""
     inputs = as_input_tuple(example_inputs)
     scheme = QuantScheme()
-    from .verify import verify_graph
-
     verify_graph(graph)
     return QuantizedModel(float_graph if float_graph is not None else graph, graph, scheme, PassReport(), inputs)
+
+
+def qcompile(model: torch.nn.Module, example_inputs: Any, target: str = "host", bits: int = 8,
+             threads: Optional[int] = None, progress: Optional[bool] = None, **quantize_kwargs: Any) -> CompiledModel:
+    """``quantize`` with the target's scheme, then ``compile``: the one-line promise.
+    ``threads``: see ``compile_model``; ``progress``: see qcompiler.progress.
+    ``quantize_kwargs`` go to qcompiler.quantize (calibration, method, passes, ptq, overrides...)."""
+    info = get_target(target)
+    quantize_kwargs.setdefault("scheme", info.scheme())
+    start = time.perf_counter()
+    qm = quantize(model, example_inputs, bits=bits, progress=progress, **quantize_kwargs)
+    quantize_seconds = time.perf_counter() - start
+    cm = compile_model(qm, info, threads=threads, progress=progress)
+    cm.timings = {"quantize": quantize_seconds, **cm.timings}
+    return cm

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import copy
 import os
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence, Union
 
@@ -35,7 +36,8 @@ from torch.utils._pytree import tree_leaves
 
 from .capture import capture
 from .graph import clone_graph
-from .pass_manager import PassLike, PassManager, PassManagerResult, get_pass
+from .pass_manager import PassLike, PassManager, PassManagerResult, get_pass, output_error
+from .verify import count_ops
 
 EXAMPLES = int(os.environ.get("QCOMPILER_EXAMPLES", "200"))
 
@@ -330,8 +332,6 @@ def _run64(module: nn.Module, inputs: tuple) -> list[torch.Tensor]:
 
 
 def _rel_error(ref: list[torch.Tensor], out: list[torch.Tensor]) -> tuple[float, float]:
-    from .pass_manager import output_error
-
     return output_error(ref, out)
 
 
@@ -376,3 +376,18 @@ def assert_preserves(passes: Union[PassLike, Sequence[PassLike]], model: Union[n
                 f"passes [{names}] modified the input model itself: a pass must write new tensors, not into the old ones"
             )
     return result
+
+
+def op_counts(gm: fx.GraphModule) -> Counter:
+    """Counter of ``gm``'s call_function nodes keyed by op name ("aten.convolution.default",
+    "quantized_decomposed.quantize_per_tensor.default", "getitem", ...): the structure a
+    pass left, as data (qcompiler.count_ops, as a Counter: an absent op counts 0)."""
+    return Counter(count_ops(gm))
+
+
+def assert_op_counts(gm: fx.GraphModule, expected: dict[str, int]) -> None:
+    """Assert that ``gm`` holds exactly ``expected[op]`` nodes of each op named (0: none),
+    listing every mismatch at once (after torchao's ``checkGraphModuleNodes``)."""
+    counts = op_counts(gm)
+    wrong = [f"{op}: expected {n}, found {counts[op]}" for op, n in expected.items() if counts[op] != n]
+    assert not wrong, "op counts differ:\n  " + "\n  ".join(wrong) + f"\nall ops: {dict(counts)}"

@@ -7,6 +7,7 @@ from qcompiler.graph import clone_graph
 from qcompiler.metrics import sqnr_db, top1_agreement
 from qcompiler.models import efficientnet_lite0, imagenet_samples
 from qcompiler.pass_manager import output_error
+from qcompiler.testing import op_counts
 from qcompiler.weight_only import fake_quantize_weights
 
 
@@ -22,9 +23,12 @@ def lite0():
 
 def test_fold_bn_and_equalize_keep_the_logits_within_tolerance(lite0):
     gm, data, reference = lite0
+    bn = "aten._native_batch_norm_legit_no_training.default"
+    assert op_counts(gm)[bn] == 49
     result = qcompiler.PassManager(["fold_bn", "equalize"], verify=True).run(clone_graph(gm), (data.images[:2],))
-    assert "folded 49 BatchNorm" in result.report["fold_bn"].summary
-    assert "changed 50 of 50 layers" in result.report["equalize"].summary
+    assert op_counts(result.gm)[bn] == 0 and result.report["fold_bn"].counts == {"folded": 49, "left_alone": 0}
+    counts = result.report["equalize"].counts
+    assert (counts["changed_layers"], counts["layers"]) == (50, 50)
     with torch.no_grad():
         out = result.gm(data.images)
     _, rel = output_error([reference], [out])

@@ -9,7 +9,7 @@ import qcompiler
 from qcompiler import PassManager
 from qcompiler.graph import aten, get_tensor, layer_view
 from qcompiler.passes.equalize import _find_pair, _in_ranges, _out_ranges
-from qcompiler.testing import assert_preserves, float_models
+from qcompiler.testing import assert_op_counts, assert_preserves, float_models, op_counts
 
 
 def pair_imbalance(gm):
@@ -66,11 +66,12 @@ def test_relu6_becomes_a_per_channel_clamp_with_scaled_bounds():
 
 def test_high_bias_absorption_is_exact_and_only_where_the_next_layer_does_not_pad():
     model, x = separable(project_kernel=1)
-    summary = assert_preserves(["fold_bn", "equalize"], model, x).report["equalize"].summary
-    assert "high bias absorbed in 1 pairs" in summary  # dw -> relu6 -> 1x1 project; expand -> dw pads
+    result = assert_preserves(["fold_bn", "equalize"], model, x)
+    assert result.report["equalize"].counts["absorbed"] == 1
+    assert result.ctx.notes["equalize"]["absorbed"] == [("convolution_1", "convolution_2")]  # dw -> relu6 -> 1x1 project; expand -> dw pads
     model, x = separable(project_kernel=3)
-    summary = assert_preserves(["fold_bn", "equalize"], model, x).report["equalize"].summary
-    assert "high bias absorbed in 0 pairs" in summary
+    result = assert_preserves(["fold_bn", "equalize"], model, x)
+    assert result.report["equalize"].counts["absorbed"] == 0 and result.ctx.notes["equalize"]["absorbed"] == []
 
 
 def test_high_bias_absorption_stays_exact_far_outside_the_bn_statistics():
@@ -99,7 +100,9 @@ def test_leaky_relu_pairs_are_scaled_but_not_absorbed():
     with torch.no_grad():
         model[0].weight.mul_(torch.logspace(-2, 2, 8).view(-1, 1))
     result = assert_preserves("equalize", model, torch.randn(4, 5))
-    assert "1 pairs" in result.report["equalize"].summary and "changed 2 of 2" in result.report["equalize"].summary
+    counts = result.report["equalize"].counts
+    assert (counts["pairs"], counts["changed_layers"], counts["layers"], counts["absorbed"]) == (1, 2, 2, 0)
+    assert_op_counts(result.gm, {"aten.linear.default": 2, "aten.leaky_relu.default": 1, "aten.clamp.Tensor": 0})
     assert pair_imbalance(result.gm) < 1e-2
 
 
@@ -114,5 +117,7 @@ def test_layers_with_several_users_are_left_alone():
             y = torch.relu(self.a(x))
             return self.b(y) + y
 
-    result = assert_preserves("equalize", Branchy().eval(), torch.randn(1, 3, 4, 4))
-    assert "no equalizable pairs" in result.report["equalize"].summary
+    model, x = Branchy().eval(), torch.randn(1, 3, 4, 4)
+    result = assert_preserves("equalize", model, x)
+    assert result.report["equalize"].counts["pairs"] == 0 and not result.report["equalize"].modified
+    assert op_counts(result.gm) == op_counts(qcompiler.capture(model, x))

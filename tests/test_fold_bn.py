@@ -5,8 +5,13 @@ from hypothesis import given
 
 import qcompiler
 from qcompiler import PassError, PassManager
+from qcompiler import meta
 from qcompiler.graph import BN_EVAL_OPS, is_call, layer_view
-from qcompiler.testing import assert_preserves, float_models
+from qcompiler.testing import assert_op_counts, assert_preserves, float_models, op_counts
+
+BN = "aten._native_batch_norm_legit_no_training.default"
+CONV = "aten.convolution.default"
+LINEAR = "aten.linear.default"
 
 
 def foldable_bns_left(gm):
@@ -17,7 +22,7 @@ def foldable_bns_left(gm):
         if is_call(n, BN_EVAL_OPS):
             view = layer_view(gm, n.args[0])
             if view is not None and len(view.node.users) == 1:
-                shape = view.node.meta["val"].shape
+                shape = view.node.meta[meta.VAL].shape
                 if view.kind == "conv" or len(shape) == 2:
                     left.append(n.name)
     return left
@@ -40,9 +45,10 @@ def test_fold_bn_conv_variants(groups, bias, stride, padding, dilation):
         model[1].weight.normal_()
         model[1].bias.normal_()
     x = torch.randn(2, 4, 9, 9)
+    assert op_counts(qcompiler.capture(model, x))[BN] == 1
     result = assert_preserves("fold_bn", model, x)
-    assert qcompiler.count_ops(result.gm).get("aten._native_batch_norm_legit_no_training.default") is None
-    assert "folded 1" in result.report["fold_bn"].summary
+    assert_op_counts(result.gm, {BN: 0, CONV: 1})
+    assert result.report["fold_bn"].counts == {"folded": 1, "left_alone": 0}
 
 
 def test_fold_bn_into_linear_and_bn_without_producer_left_alone():
@@ -51,10 +57,15 @@ def test_fold_bn_into_linear_and_bn_without_producer_left_alone():
         for bn in (model[1], model[3]):
             bn.running_mean.normal_()
             bn.running_var.uniform_(0.5, 2)
-    result = assert_preserves("fold_bn", model, torch.randn(3, 6))
-    summary = result.report["fold_bn"].summary
-    assert "folded 1" in summary and "left 1 alone" in summary
-    assert "not a conv/linear" in summary
+    x = torch.randn(3, 6)
+    assert op_counts(qcompiler.capture(model, x))[BN] == 2
+    result = assert_preserves("fold_bn", model, x)
+    assert_op_counts(result.gm, {BN: 1, LINEAR: 1})
+    assert result.report["fold_bn"].counts == {"folded": 1, "left_alone": 1}
+    (left,) = [n for n in result.gm.graph.nodes if is_call(n, BN_EVAL_OPS)]
+    assert left.args[0].target == torch.ops.aten.relu.default  # the second BN, after the relu, stays
+    assert [reason.split(": ", 1)[1] for reason in result.ctx.notes["fold_bn"]] == [
+        "its input is not a conv/linear with constant weights"]
 
 
 def test_conv_with_two_users_is_not_folded():
@@ -69,7 +80,8 @@ def test_conv_with_two_users_is_not_folded():
             return self.bn(y) + y
 
     result = assert_preserves("fold_bn", TwoUsers().eval(), torch.randn(1, 3, 4, 4))
-    assert "left 1 alone" in result.report["fold_bn"].summary
+    assert_op_counts(result.gm, {BN: 1, CONV: 1})
+    assert result.report["fold_bn"].counts == {"folded": 0, "left_alone": 1}
 
 
 def test_training_mode_batchnorm_is_an_error_naming_the_node():

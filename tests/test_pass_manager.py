@@ -6,7 +6,8 @@ import torch.nn as nn
 import qcompiler
 from qcompiler import Pass, PassContext, PassError, PassManager, PassOrderError, PassResult, register_pass
 from qcompiler.graph import aten
-from qcompiler.pass_manager import REGISTRY, order_passes
+from qcompiler.pass_manager import REGISTRY, ContractError, Problem, checks_after_every_pass, order_passes
+from qcompiler.testing import assert_op_counts
 
 
 @pytest.fixture
@@ -151,15 +152,15 @@ def test_passes_leave_unknown_ops_alone():
     x = torch.randn(2, 3, 5, 5)
     gm = qcompiler.capture(model, x)
     result = PassManager(["fold_bn", "equalize"], verify=True).run(gm, (x,))
-    ops = qcompiler.count_ops(result.gm)
-    assert ops.get("aten.cumsum.default") == 1 and ops.get("aten.erf.default") == 1
-    assert "folded 1" in result.report["fold_bn"].summary
+    assert_op_counts(result.gm, {"aten.cumsum.default": 1, "aten.erf.default": 1,
+                                 "aten._native_batch_norm_legit_no_training.default": 0, "aten.convolution.default": 2})
+    assert result.report["fold_bn"].counts == {"folded": 1, "left_alone": 0}
     torch.testing.assert_close(result.gm(x), model(x), rtol=1e-4, atol=1e-5)
 
 
 def test_verify_without_inputs_is_a_clear_error():
     gm, _ = small_graph()
-    gm.meta.pop("example_inputs")
+    gm.meta.pop(qcompiler.meta.EXAMPLE_INPUTS)
     with pytest.raises(PassError, match="verify=True needs example inputs"):
         PassManager(["fold_bn"], verify=True).run(gm)
 
@@ -167,3 +168,59 @@ def test_verify_without_inputs_is_a_clear_error():
 def test_register_pass_rejects_non_passes():
     with pytest.raises(TypeError, match="subclass of qcompiler.Pass"):
         register_pass()(object)
+
+
+def test_the_test_suite_verifies_the_graph_after_every_pass_even_without_lint(registry_sandbox):
+    def break_graph(self, gm, ctx):
+        node = next(n for n in gm.graph.nodes if n.op == "get_attr")
+        node.target = "no_such_weight"
+        return gm
+
+    make_pass("quiet_breaker", run=break_graph)
+    gm, x = small_graph()
+    with pytest.raises(PassError, match="(?s)'quiet_breaker' left a malformed graph.*no_such_weight"):
+        PassManager(["quiet_breaker"], lint=False).run(gm, (x,))  # tests/conftest.py's fixture runs the verifier
+
+
+def test_checks_after_every_pass_run_and_a_check_of_the_wrong_shape_is_a_type_error():
+    seen = []
+    gm, x = small_graph()
+    with checks_after_every_pass(lambda g: seen.append(len(g.graph.nodes))):
+        PassManager(["fold_bn", "equalize"], lint=False).run(gm, (x,))
+    assert len(seen) == 2
+    with pytest.raises(TypeError, match="exactly one argument"):
+        PassManager(["fold_bn"]).add_checks(lambda gm, extra: None)
+
+
+def test_requires_lists_every_problem_at_once_with_its_fix(registry_sandbox):
+    class Picky(Pass):
+        preserves = "nothing"
+
+        def requires(self, gm, ctx):
+            return [Problem("no calibration data", "give PassContext(calibration=...)"),
+                    Problem("no float graph", "give PassContext(float_graph=...)")]
+
+        def run(self, gm, ctx):
+            raise AssertionError("run must not be reached")
+
+    register_pass(after=["fold_bn"], name="picky")(Picky)
+    gm, x = small_graph()
+    with pytest.raises(ContractError, match=r"(?s)pass 'picky' cannot run on this graph \(requires, 2 problem\(s\); "
+                       r"passes run before it: 'fold_bn'\).*no calibration data\. Fix: give PassContext\(calibration=\.\.\.\)"
+                       r".*no float graph\. Fix: give PassContext\(float_graph=\.\.\.\)"):
+        PassManager(["fold_bn", "picky"]).run(gm, (x,))
+
+
+def test_ptq_passes_list_all_their_missing_inputs():
+    from qcompiler.passes import BiasCorrection, Calibrate, InsertQuantizers
+
+    gm, x = small_graph()
+    with pytest.raises(ContractError) as info:
+        PassManager(["fold_bn", InsertQuantizers(), Calibrate([x]), BiasCorrection()]).run(gm, (x,))
+    assert [p.what.split(" (")[0] for p in info.value.problems] == [
+        "bias_correction needs the float graph", "bias_correction needs calibration data"]
+
+
+def test_the_old_state_keys_are_refused_with_the_field_to_use():
+    with pytest.raises(PassError, match=r"state\['calibration'\] -> PassContext\(calibration=\.\.\.\)"):
+        PassContext(state={"calibration": []})

@@ -6,6 +6,7 @@ import torch
 import torch.nn as nn
 
 import qcompiler
+from qcompiler import meta
 from qcompiler.metrics import sqnr_db
 
 pt2e = pytest.importorskip("torchao.quantization.pt2e.quantize_pt2e")
@@ -34,7 +35,7 @@ def test_pt2e_xnnpack_graph_becomes_an_integer_program_and_interprets():
     qm = qcompiler.from_pt2e(converted, (x,))
     ops = {n.target._schema.name.split("::")[1] for n in qm.program.graph.nodes if getattr(n.target, "namespace", "") == "qcompiler"}
     assert {"quantize", "conv2d", "requantize", "mean", "linear", "dequantize"} <= ops
-    assert not any(n.meta.get("qc_float_fallback") for n in qm.program.graph.nodes), "every op of the PT2E graph runs in integers"
+    assert not any(n.meta.get(meta.FLOAT_FALLBACK) for n in qm.program.graph.nodes), "every op of the PT2E graph runs in integers"
     with torch.no_grad():
         ref, sim = model(x), converted(x)
     out = qm.interpret(x)

@@ -4,7 +4,7 @@ import torch.nn as nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import qcompiler
-from qcompiler import activation_spec, host_scheme
+from qcompiler import activation_spec, host_scheme, meta
 from qcompiler.metrics import sqnr_db
 from qcompiler.observers import CalibrationError
 from qcompiler.passes import UnsupportedOpError
@@ -60,7 +60,7 @@ def test_dataloader_of_images_and_labels_calibrates():
     model, x = mobile_block()
     loader = DataLoader(TensorDataset(x, torch.zeros(len(x))), batch_size=3)
     qm = qcompiler.quantize(model, x[:1], calibration=loader, progress=False)
-    assert "3 batch(es)" in qm.report["calibrate"].summary
+    assert qm.report["calibrate"].counts["batches"] == 3
 
 
 def test_empty_calibration_loader_is_an_error():
@@ -175,7 +175,7 @@ def test_a_float_override_runs_in_float_in_the_integer_program_too(key):
                           nn.Linear(8, 4)).eval()
     x = torch.randn(2, 3, 10, 10)
     qm = qcompiler.quantize(model, x, overrides={key: "float"}, progress=False)
-    kept = [n for n in qm.program.graph.nodes if n.meta.get("qc_float_fallback")]
+    kept = [n for n in qm.program.graph.nodes if n.meta.get(meta.FLOAT_FALLBACK)]
     expected = torch.ops.aten.convolution.default if key == "convolution_1" else torch.ops.aten.mean.dim
     assert [n.target for n in kept] == [expected]
     integer_targets = {n.target for n in qm.program.graph.nodes}
@@ -183,3 +183,19 @@ def test_a_float_override_runs_in_float_in_the_integer_program_too(key):
     out, sim = qm.interpret(x), qm.simulate(x)
     step = max(s for s, _, _ in qm.qparams.values())
     assert (out - sim).abs().max() <= 4 * step
+
+
+def test_every_qcompiler_metadata_key_on_the_graphs_is_declared_in_meta():
+    declared = {v for k, v in vars(meta).items() if k.isupper() and isinstance(v, str)}
+    assert len(declared) == len([k for k in vars(meta) if k.isupper()]), "two constants name one key"
+    model, x = mobile_block()
+    qm = qcompiler.quantize(model, x, calibration=[x], passes=["fold_bn", "equalize"],
+                            overrides={"linear": "float"})
+    used = set()
+    for gm in (qm.float_graph, qm.graph, qm.program):
+        used |= set(gm.meta)
+        for node in gm.graph.nodes:
+            used |= set(node.meta)
+    ours = {k for k in used if k.startswith("qc_") or k == meta.BN_STATS}
+    assert {meta.BN_STATS, meta.FLOAT_WEIGHT, meta.SPEC, meta.SIM_NODE, meta.QPARAMS, meta.SCHEME, meta.FLOAT_FALLBACK} <= ours
+    assert ours <= declared, f"undeclared metadata keys: {sorted(ours - declared)}"

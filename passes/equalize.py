@@ -33,7 +33,7 @@ from qcompiler import meta
 from qcompiler.graph import (LayerView, add_constant, aten, get_tensor, is_call, is_constant, layer_view,
                              output_shape, replace_all_uses, replace_constant_arg, single_user, tensor_arg)
 from qcompiler.pass_manager import Pass, PassContext, PassResult, register_pass
-from qcompiler.quant_ops import CLAMP_BOUNDS, op_arg
+from qcompiler.ops import CLAMP_BOUNDS, op_arg
 
 # ------------------------------------------------------------------ the pair search as rules
 # A pair's path is found by walking from ``first`` through single users. Each op on the way
@@ -128,7 +128,7 @@ def _through_flatten(gm: fx.GraphModule, node: fx.Node, rank: int, cdim: int) ->
 
 
 ACTIVATION_RULES: list[tuple[OpPattern, Through]] = [
-    (ops(*CLAMP_BOUNDS), _through_clamp),  # clamp-like activations and their bounds: qcompiler.quant_ops.CLAMP_BOUNDS
+    (ops(*CLAMP_BOUNDS), _through_clamp),  # clamp-like activations and their bounds: qcompiler.ops.CLAMP_BOUNDS
     (ops(aten.clamp.Tensor), _through_tensor_clamp),
     (ops(aten.leaky_relu.default), _through_scale_only),
 ]

@@ -17,7 +17,7 @@ from qcompiler.errors import QCompilerError, did_you_mean
 from qcompiler.graph import add_constant, aten, get_tensor, layer_view, node_label, single_user
 from qcompiler.observers import ActivationObserver, weight_qparams
 from qcompiler.pass_manager import Pass, PassContext, PassResult, Problem, register_pass
-from qcompiler.quant_ops import (ACTIVATION, ARG_CHECKS, OWN, PASSTHROUGH, SHARED, WEIGHTED, op_kind, op_name)
+from qcompiler.ops import ACTIVATION, OWN, PASSTHROUGH, SHARED, WEIGHTED, arg_check, fuses_activations, op_kind, op_name
 from qcompiler.scheme import QuantScheme, QuantSpec, host_scheme
 
 qd = torch.ops.quantized_decomposed
@@ -138,7 +138,7 @@ class InsertQuantizers(Pass):
         if node in overrides and overrides[node].float:
             return "float"
         kind = op_kind(node.target)
-        if kind is not None and ARG_CHECKS.get(node.target, lambda n: "")(node):
+        if kind is not None and arg_check(node):
             kind = None
         if kind is None and op_name(node.target) in self.scheme.fallback_ops:
             return "float"
@@ -158,7 +158,7 @@ class InsertQuantizers(Pass):
             if node.op != "call_function" or not is_float_tensor(node):
                 continue
             if self._kind(node, overrides) is None:
-                why = ARG_CHECKS.get(node.target, lambda n: "")(node)
+                why = arg_check(node)
                 unsupported.append(f"{node_label(node)}" + (f": {why}" if why else ""))
         if unsupported:
             allowed = sorted(self.scheme.fallback_ops) or "none"
@@ -219,7 +219,7 @@ class InsertQuantizers(Pass):
                     points[node] = act_spec(*reversed(chain_of[node]))
                     source[node] = node
             elif kind in (WEIGHTED, OWN, "float"):
-                end = fused_end(node) if kind in (WEIGHTED,) or node.target in (aten.add.Tensor, aten.sub.Tensor) else node
+                end = fused_end(node) if fuses_activations(node.target) else node
                 chain_of[end] = _chain(node, end)
                 for n in chain_of[end]:
                     fused_into[n] = end

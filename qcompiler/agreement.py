@@ -12,6 +12,7 @@ import numpy as np
 import torch
 import torch.fx as fx
 
+from . import meta
 from .interpreter import interpret
 
 Q_TARGET = torch.ops.quantized_decomposed.quantize_per_tensor.default
@@ -49,7 +50,7 @@ def simulation_codes(sim: fx.GraphModule, inputs: tuple) -> dict[str, np.ndarray
 def compare_ops(sim: fx.GraphModule, program: fx.GraphModule, inputs: tuple) -> list[OpAgreement]:
     """One OpAgreement per integer op that stands for a quantize of the simulation."""
     codes = simulation_codes(sim, inputs)
-    stands_for = {n.name: n.meta["qc_sim_node"] for n in program.graph.nodes if n.meta.get("qc_sim_node") in codes}
+    stands_for = {n.name: n.meta[meta.SIM_NODE] for n in program.graph.nodes if n.meta.get(meta.SIM_NODE) in codes}
     force = {name: codes[q] for name, q in stands_for.items()}
     computed: dict[str, Any] = {}
     interpret(program, *inputs, force=force, record=computed)

@@ -18,7 +18,7 @@ import torch.fx as fx
 from . import meta
 from .activations import record
 from .progress import bar
-from .quant_ops import ACTIVATION, op_kind
+from .ops import ACTIVATION, op_kind
 
 qd = torch.ops.quantized_decomposed
 

@@ -17,6 +17,7 @@ from typing import Any, Optional
 import numpy as np
 import torch.fx as fx
 
+from . import meta
 from .graph import get_tensor
 from .interpreter import interpret
 from .ops import find_op, op_for_target, op_of
@@ -103,7 +104,7 @@ def layer_rows(program: fx.GraphModule, shapes: dict[str, tuple]) -> list[LayerR
             continue
         shape = shapes.get(node.name, ())
         rows.append(LayerRow(node.name, name, shape, _macs(program, node, shape), _bytes(program, node),
-                             sim_node=node.meta.get("qc_sim_node", "")))
+                             sim_node=node.meta.get(meta.SIM_NODE, "")))
     return rows
 
 

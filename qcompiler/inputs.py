@@ -19,7 +19,9 @@ import numpy as np
 import torch
 import torch.fx as fx
 
+from . import meta
 from .errors import QCompilerError
+from .log import logger
 
 
 class InputError(QCompilerError):
@@ -76,7 +78,7 @@ def input_specs(gm: fx.GraphModule, example_inputs: Optional[Sequence] = None) -
     placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
     specs = []
     for i, node in enumerate(placeholders):
-        val = node.meta.get("val")
+        val = node.meta.get(meta.VAL)
         if isinstance(val, torch.Tensor):
             specs.append(InputSpec(node.name, tuple(_dim(s) for s in val.shape), val.dtype,
                                    tuple(_symbol(s) for s in val.shape)))
@@ -184,8 +186,6 @@ def calibration_source(data: Any, specs: Sequence[InputSpec]) -> Iterable:
             if len(data) < fixed:
                 raise InputError(f"calibration: one tensor of {len(data)} sample(s) was given, but the model takes batches "
                                  f"of exactly {fixed}; give at least {fixed} samples")
-            from .log import logger
-
             logger.warning("calibration: %d samples do not fill batches of %d (the batch size the model fixes); the last "
                            "%d are left out", len(data), fixed, len(data) % fixed)
             batches = batches[:-1]

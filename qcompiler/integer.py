@@ -24,6 +24,7 @@ import numpy as np
 import torch
 import torch.fx as fx
 
+from . import meta
 from .errors import ConversionError
 from .fixed_point import quantize_multiplier, quantize_values
 from .graph import get_tensor, node_label
@@ -51,7 +52,7 @@ class _Converter:
         self.n_const = 0
         self.names: set[str] = set()
         # nodes an override keeps in float: they run as float ops in the program too
-        self.float_nodes = {name for name, o in sim.meta.get("qc_overrides", {}).items() if getattr(o, "float", False)}
+        self.float_nodes = {name for name, o in sim.meta.get(meta.OVERRIDES, {}).items() if getattr(o, "float", False)}
         with warnings.catch_warnings():  # torch's pytree warns when its specs are copied
             warnings.simplefilter("ignore", FutureWarning)
             self.graph._codegen = copy.deepcopy(sim.graph._codegen)  # same input/output structure as the model
@@ -73,7 +74,7 @@ class _Converter:
         """A new program node standing for ``sim_node`` (the simulation's quantize, or the
         layout op, it replaces), named ``name`` (default: after ``sim_node``)."""
         node = self.graph.call_function(target, args)
-        node.meta["qc_sim_node"] = sim_node.name
+        node.meta[meta.SIM_NODE] = sim_node.name
         wanted = name or sim_node.name
         if wanted not in self.names:
             node.name = wanted
@@ -160,7 +161,7 @@ class _Converter:
             else:
                 raise ConversionError(f"node {node_label(node)} ({node.op}) cannot be converted")
         program = fx.GraphModule(self.root, self.graph)
-        program.meta["qc_inputs"] = {n.name: (iv.scale, iv.zp, iv.qmin, iv.qmax, iv.dtype)
+        program.meta[meta.INPUTS] = {n.name: (iv.scale, iv.zp, iv.qmin, iv.qmax, iv.dtype)
                                      for n, iv in self.ints.items() if n.args and n.args[0] in self.values and n.target in Q_OPS}
         return program
 
@@ -240,7 +241,7 @@ class _Converter:
         args = tuple(self.float_of(a) for a in op.args)
         kwargs = {k: self.float_of(v) for k, v in op.kwargs.items()}
         f = self.graph.call_function(op.target, args, kwargs)
-        f.meta["qc_float_fallback"] = True
+        f.meta[meta.FLOAT_FALLBACK] = True
         return self.emit_for(q, qc.quantize.default, (f, out.scale, out.zp, out.qmin, out.qmax, out.dtype), f"{op.name}_quantize")
 
 

@@ -9,8 +9,9 @@ from typing import Iterator, Optional
 import torch
 import torch.fx as fx
 
+from . import meta
 from .graph import get_tensor, set_tensor, single_user
-from .quant_ops import ACTIVATION, PASSTHROUGH, op_kind
+from .ops import ACTIVATION, PASSTHROUGH, op_kind
 from .scheme import QuantSpec
 
 qd = torch.ops.quantized_decomposed
@@ -60,10 +61,10 @@ class QuantLayer:
         return torch.full((self.weight_int(gm).shape[0],), float(self.weight_dq.args[1]), dtype=torch.float64)
 
     def weight_spec(self) -> QuantSpec:
-        return self.node.meta["qc_weight_spec"]
+        return self.node.meta[meta.WEIGHT_SPEC]
 
     def float_weight(self) -> torch.Tensor:
-        return self.node.meta["qc_float_weight"]
+        return self.node.meta[meta.FLOAT_WEIGHT]
 
     def set_weight_int(self, gm: fx.GraphModule, q: torch.Tensor) -> None:
         set_tensor(gm, self.weight_dq.args[0].target, q.to(self.weight_int(gm).dtype))

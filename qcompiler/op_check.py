@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch.utils._pytree import tree_leaves
 
+from . import meta
 from .compiled import compile_model
 from .ops import op_of
 from .quantize import QuantizedModel, quantize
@@ -53,7 +54,7 @@ def check_op(model: torch.nn.Module, inputs: Any, op: str, targets: Sequence[str
     qm = quantize(model, inputs, calibration=calibration or [inputs], **quantize_kwargs)
     nodes = qm.program.graph.nodes
     uses = sum(1 for n in nodes if n.op == "call_function" and op_of(n.target) == op)
-    fallbacks = [n.name for n in nodes if n.meta.get("qc_float_fallback")]
+    fallbacks = [n.name for n in nodes if n.meta.get(meta.FLOAT_FALLBACK)]
     assert uses, f"the integer program has no {op!r} node; its ops: {sorted({op_of(n.target) for n in nodes} - {None})}"
     assert not fallbacks, f"the integer program keeps float fallback node(s) {fallbacks}"
     worst = 0

@@ -37,6 +37,7 @@ from torch.utils._pytree import tree_leaves
 from .capture import capture
 from .graph import clone_graph
 from .pass_manager import PassLike, PassManager, PassManagerResult, get_pass, output_error
+from .op_check import OpCheck, check_op  # noqa: F401  (qcompiler.testing.check_op: docs/custom-op.md)
 from .verify import count_ops
 
 EXAMPLES = int(os.environ.get("QCOMPILER_EXAMPLES", "200"))

@@ -13,6 +13,7 @@ import torch
 import torch.ao.quantization.fx._decomposed  # noqa: F401  registers the quantized_decomposed ops (Q/DQ)
 import torch.fx as fx
 
+from .. import meta
 from ..errors import ConversionError
 
 __all__ = ["ConversionError", "IntValue", "QParams", "Match", "pair", "shape_of"]
@@ -68,7 +69,7 @@ def shape_of(node: Any) -> Optional[torch.Size]:
     """A value's shape from its metadata; for a dequantize without any (PT2E inserts them
     so), the shape of the value its quantize took."""
     while isinstance(node, fx.Node):
-        val = node.meta.get("val")
+        val = node.meta.get(meta.VAL)
         if isinstance(val, torch.Tensor):
             return val.shape
         if node.target in (qd.dequantize_per_tensor.default, qd.quantize_per_tensor.default):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from .. import meta
 from ..fixed_point import quantize_multiplier, requantize
 from .convert import Match
 from .numeric import exact_check
@@ -43,7 +44,7 @@ def lowering(ctx, node, args, kwargs):
 
 def macs(program, node, shape) -> int:
     """Output elements × K (K from the first operand's shape)."""
-    a = node.args[0].meta.get("val")
+    a = node.args[0].meta.get(meta.VAL)
     return int(np.prod(shape)) * (int(a.shape[-1]) if a is not None else 0) if shape else 0
 
 

@@ -37,6 +37,8 @@ class LayerRow:
     sqnr_db: Optional[float] = None
     time_ms: Optional[float] = None
     sim_node: str = ""
+    kernel: str = ""  # the kernel the target built for it ("" where the target does not say)
+    fallback: Optional[str] = None  # why it got the generic lowering instead of our kernel, if it did
 
 
 @dataclass
@@ -53,12 +55,13 @@ class CompileReport:
         from rich.table import Table
 
         t = Table(title=f"layers of the integer program ({self.target})")
-        for col in ("layer", "op", "output shape", "MMACs", "MAC share", "time (ms)", "time share", "SQNR vs float (dB)", "bytes"):
-            t.add_column(col, justify="left" if col in ("layer", "op", "output shape") else "right")
+        for col in ("layer", "op", "output shape", "kernel", "MMACs", "MAC share", "time (ms)", "time share", "SQNR vs float (dB)",
+                    "bytes"):
+            t.add_column(col, justify="left" if col in ("layer", "op", "output shape", "kernel") else "right")
         total_macs = sum(r.macs for r in self.layers) or 1
         timed = sum(r.time_ms or 0.0 for r in self.layers) + self.unmatched_ms or 1.0
         for r in self.layers:
-            t.add_row(r.node, r.op, "×".join(map(str, r.shape)), f"{r.macs / 1e6:.2f}", f"{r.macs / total_macs:.1%}",
+            t.add_row(r.node, r.op, "×".join(map(str, r.shape)), r.kernel or "-", f"{r.macs / 1e6:.2f}", f"{r.macs / total_macs:.1%}",
                       "-" if r.time_ms is None else f"{r.time_ms:.3f}", "-" if r.time_ms is None else f"{r.time_ms / timed:.1%}",
                       "-" if r.sqnr_db is None else ("inf" if math.isinf(r.sqnr_db) else f"{r.sqnr_db:.1f}"), str(r.weight_bytes))
         return [self.passes.table(), t]
@@ -75,6 +78,7 @@ class CompileReport:
         if self.total_ms is not None:
             lines.append(f"kernels {self.total_ms:.2f} ms per call (median of the per-kernel times); {self.unmatched_ms:.2f} ms "
                          f"of it in elementwise kernels (add, mul, concat, requantize, ...) not attributed to a layer")
+        lines += [f"{r.node} ({r.op}): {r.kernel}, not our kernel, because: {r.fallback}" for r in self.layers if r.fallback]
         return console.export_text() + "\n".join(lines + self.notes) + "\n"
 
 
@@ -128,6 +132,16 @@ def _attach_times(rows: list[LayerRow], kernel_times: list[tuple[str, float]]) -
     return unmatched
 
 
+def attach_kernels(rows: list[LayerRow], choices: dict) -> None:
+    """Give each layer the kernel its target chose (``runtime.kernel_choices``: node name ->
+    a choice with ``kernel`` and, for a fallback to the generic lowering, ``reason``)."""
+    for row in rows:
+        choice = choices.get(row.node)
+        if choice is not None:
+            row.kernel = choice.kernel
+            row.fallback = choice.reason
+
+
 def compile_report(cm: Any, data: Any = None, repeats: int = 5) -> CompileReport:
     qm = cm.qm
     inputs = tuple(cm.example_inputs)
@@ -135,6 +149,7 @@ def compile_report(cm: Any, data: Any = None, repeats: int = 5) -> CompileReport
     interpret(qm.program, *inputs, record=record)
     shapes = {k: tuple(np.shape(v)) for k, v in record.items()}
     rows = layer_rows(qm.program, shapes)
+    attach_kernels(rows, getattr(cm.runtime, "kernel_choices", None) or {})
     notes = []
     try:
         analysis = qm.analyze(data if data is not None else [inputs])

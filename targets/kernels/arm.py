@@ -11,8 +11,8 @@ int8 by x − 128 (one ``eor`` with 0x80 per 16 bytes, where they are packed) an
 point moves with them (Σ (x − z)·w = Σ (x − 128)·w − (z − 128)·Σw).
 
 Kernels (``kernel_info(func)["kind"]``): "pointwise" and "im2col" (``arm_gemm_conv.py``),
-"depthwise" (``arm_depthwise.py``), "dense" (``arm_dense.py``); the instruction steps and
-the requantize epilogue are ``targets/intrinsics/arm_neon.py``'s.
+"depthwise" (``arm_depthwise.py``), "dense" (``arm_dense.py``); the requantize epilogue
+is ``arm_epilogue.py``, the instruction steps ``targets/intrinsics/arm_neon.py``'s.
 """
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ from .arm_dense import dense_columns, dense_kernel, pack_dense_weights
 from .arm_depthwise import depthwise_kernel, pack_depthwise_weights
 from .arm_epilogue import encode_requant_rows
 from .arm_gemm_conv import gemm_conv_kernel, pack_gemm_weights
-from .contract import ExactnessError, check_dtypes, int8_weights, prepare_channels
+from .contract import ExactnessError, conv_operands, linear_operands, prepare_channels
 from .geometry import conv_geometry
 from .relax_call import emit_call_tir, kernel_info, with_info
 from .requant import group_rows, requant_params
@@ -80,11 +80,7 @@ def conv2d_requant_primfunc(x_shape: Sequence[int], x_dtype: str, w: np.ndarray,
     mo, nv = mo or GEMM_TILES[instruction][0], nv or GEMM_TILES[instruction][1]
     if mm and mo % 2:
         raise ValueError(f"smmla tiles take output channels in pairs: mo={mo}")
-    if mult is None or shift is None:
-        raise ValueError("mult and shift (the requantize multiplier) are required")
-    x_dtype, out_dtype = str(x_dtype), str(out_dtype)
-    check_dtypes(x_dtype, out_dtype)
-    w = int8_weights(w)
+    x_dtype, out_dtype, w = conv_operands(x_dtype, w, mult, shift, out_dtype)
     geom = conv_geometry(x_shape, w.shape, stride, padding, dilation, groups)
     o, zp8, out_zp = geom.out_channels, activation_zero_point(x_dtype, x_zp), int(out_zp)
     ch = prepare_channels(w.reshape(o, -1), bias, "int8", zp8, mult, shift, out_zp, lo, hi)
@@ -107,13 +103,8 @@ def linear_requant_primfunc(x_shape: Sequence[int], x_dtype: str, w: np.ndarray,
     [⌈O/4vo⌉, 4⌈K/16⌉, 4·vo] (per quad of k, 4·vo outputs, each int32 the 4 bytes) and the
     requantize columns int32 [8, O padded] (the rows, transposed)."""
     check_target(target)
-    x_dtype, out_dtype = str(x_dtype), str(out_dtype)
-    check_dtypes(x_dtype, out_dtype)
-    x_shape = tuple(int(v) for v in x_shape)
-    w = int8_weights(w)
-    o, k = w.shape
-    if x_shape[-1] != k:
-        raise ValueError(f"linear shapes: x {x_shape}, w {w.shape}")
+    x_shape, x_dtype, out_dtype, w = linear_operands(x_shape, x_dtype, w, out_dtype)
+    o = w.shape[0]
     zp8, out_zp = activation_zero_point(x_dtype, x_zp), int(out_zp)
     ch = prepare_channels(w, bias, "int8", zp8, mult, shift, out_zp, lo, hi)
     rq = encode_requant_rows(requant_params(ch, mult, shift, out_zp, out_dtype))

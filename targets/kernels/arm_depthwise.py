@@ -19,6 +19,7 @@ from ..intrinsics.arm_neon import SDOT, TBL2, quad_lane, signed_bytes
 from .arm_epilogue import requant_vectors
 from .contract import ExactnessError, ceil_div, scratch_scope
 from .geometry import ConvGeometry
+from .padded_copy import plane_copy_macro
 from .requant import RequantColumn as Col, RequantRows
 
 
@@ -47,33 +48,6 @@ def pack_depthwise_weights(weights: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(wb.reshape(o, nw * 16)).view(np.int32).reshape(o, nw, 4)
 
 
-def _plane_copy_macro(geom: ConvGeometry, x_dtype: str, zp8: int):
-    """The input plane as int8, padded with the zero point (the slack is never read by a
-    kept output)."""
-    h, wd = geom.height, geom.width
-    pt, _, pl, pr = geom.padding
-    hp, wp_ = geom.padded_height, geom.padded_width
-
-    @T.macro
-    def copy(xf, src, base):
-        for yy in range(hp):
-            if yy < pt or yy >= pt + h:
-                for xx in range(wp_):
-                    src[yy * wp_ + xx] = T.int8(zp8)
-            else:
-                for xx in range(pl):
-                    src[yy * wp_ + xx] = T.int8(zp8)
-                for xx in range(pr):
-                    src[yy * wp_ + pl + wd + xx] = T.int8(zp8)
-                for v in range(wd // 16):
-                    src[T.ramp(yy * wp_ + pl + v * 16, 1, 16)] = signed_bytes(
-                        xf[T.ramp(base + (yy - pt) * wd + v * 16, 1, 16)], x_dtype)
-                for lane in range(wd % 16):
-                    src[yy * wp_ + pl + wd // 16 * 16 + lane] = signed_bytes(
-                        xf[base + (yy - pt) * wd + wd // 16 * 16 + lane], x_dtype)
-    return copy
-
-
 def _taps(sw: int, dw: int):
     """taps(row, base, v, q): the 4 taps of group q for each of the 4 outputs of vector v,
     gathered by ``tbl`` from the 32-byte window at row[base] (v, q: unrolled loops,
@@ -96,7 +70,7 @@ def depthwise_kernel(geom: ConvGeometry, x_dtype: str, zp8: int, rq: RequantRows
     weight_vectors = ceil_div(kh * groups_per_row, 4)  # 4 tap groups each
     width = 4 * vectors  # output pixels per step
     plane = geom.padded_height * wp_ + 64
-    copy = _plane_copy_macro(geom, x_dtype, zp8)
+    copy = plane_copy_macro(geom, T.int8(zp8), lambda v: signed_bytes(v, x_dtype))
     taps = _taps(sw, dw)
 
     @T.prim_func
@@ -108,7 +82,7 @@ def depthwise_kernel(geom: ConvGeometry, x_dtype: str, zp8: int, rq: RequantRows
         for task in range(n * o):
             nn = T.meta_var(task // o)
             oo = T.meta_var(task % o)
-            copy(xf, src, (nn * c + oo // og) * (h * wd))
+            copy(src, 0, xf, (nn * c + oo // og) * (h * wd))
             cst = T.alloc_buffer((8,), "int32", scope="global")  # the plane's requantize row, in registers
             for j in range(8):
                 cst[j] = rqb[oo, j]

@@ -23,6 +23,7 @@ from ..intrinsics.arm_neon import SDOT, SMMLA, as_bytes, interleave, quad_lane, 
 from .arm_epilogue import requant_vectors
 from .contract import ceil_div, scratch_scope
 from .geometry import ConvGeometry
+from .padded_copy import plane_copy_macro
 from .requant import RequantColumn as Col, RequantRows
 from .tiling import PixelChunks, chunk_dispatch
 
@@ -212,36 +213,6 @@ def _pack_macros(lay: ArmGemmLayout, x_dtype: str):
     return pack_pointwise, pack_im2col
 
 
-def _padded_copy_macro(geom: ConvGeometry, x_dtype: str, zp8: int, slack: int):
-    """int8 copy of x padded with the (int8) zero point, and ``slack`` more for stride-2
-    loads."""
-    n, c, h, wd = geom.batch, geom.channels, geom.height, geom.width
-    pt, _, pl, pr = geom.padding
-    hp, wp_ = geom.padded_height, geom.padded_width
-
-    @T.macro
-    def copy(x, xpad):
-        for nc_ in range(n * c):
-            for yy in range(hp):
-                if yy < pt or yy >= pt + h:
-                    for xx in range(wp_):
-                        xpad[(nc_ * hp + yy) * wp_ + xx] = T.int8(zp8)
-                else:
-                    for xx in range(pl):
-                        xpad[(nc_ * hp + yy) * wp_ + xx] = T.int8(zp8)
-                    for xx in range(pr):
-                        xpad[(nc_ * hp + yy) * wp_ + pl + wd + xx] = T.int8(zp8)
-                    for v in range(wd // 16):
-                        xpad[T.ramp((nc_ * hp + yy) * wp_ + pl + v * 16, 1, 16)] = signed_bytes(
-                            x[nc_ // c, nc_ % c, T.ramp((yy - pt) * wd + v * 16, 1, 16)], x_dtype)
-                    for lane in range(wd % 16):
-                        xpad[(nc_ * hp + yy) * wp_ + pl + wd // 16 * 16 + lane] = signed_bytes(
-                            x[nc_ // c, nc_ % c, (yy - pt) * wd + wd // 16 * 16 + lane], x_dtype)
-        for sl in range(slack):
-            xpad[n * c * hp * wp_ + sl] = T.int8(zp8)
-    return copy
-
-
 def _pack_chunk_macro(lay: ArmGemmLayout, x_dtype: str):
     """Pack the chunk at pixel p0: xq[k4, p] = x[QB·k4 .. QB·k4 + QB − 1, p] (rows past K
     repeat the last: zero weights)."""
@@ -295,7 +266,7 @@ def gemm_conv_kernel(geom: ConvGeometry, x_dtype: str, zp8: int, rq: RequantRows
     xq_shape, xq_dtype = ((padded_rows * packed_width * qb,), "int8") if mm else ((padded_rows, packed_width), "int32")
     requant_store = _store_macro(lay, rq, out_zp, out_dtype)
     run_tiles = chunk_dispatch(chunks, _tile_mm_macro(lay, requant_store) if mm else _tile_dot_macro(lay, requant_store))
-    copy = _padded_copy_macro(geom, x_dtype, zp8, slack)
+    copy = plane_copy_macro(geom, T.int8(zp8), lambda v: signed_bytes(v, x_dtype))
     pack_chunk = _pack_chunk_macro(lay, x_dtype)
     n_chunks = chunks.count
 
@@ -304,10 +275,15 @@ def gemm_conv_kernel(geom: ConvGeometry, x_dtype: str, zp8: int, rq: RequantRows
              rqb: T.Buffer((rows, 8), "int32"), out4: T.Buffer((n, o, ho, wo), out_dtype)):
         T.func_attr({"global_symbol": name, "tir.noalias": True})
         x = T.decl_buffer((n, c, h * wd), x_dtype, data=x4.data)
+        xf = T.decl_buffer((n * c * h * wd,), x_dtype, data=x4.data)
         out = T.decl_buffer((n, o, pixels), out_dtype, data=out4.data)
         xpad = T.alloc_buffer((plane if not pointwise else 1,), "int8", scope="local")
         if not pointwise:
-            copy(x, xpad)
+            # int8 copy of x padded with the (int8) zero point, and slack for stride-2 loads
+            for nc_ in range(n * c):
+                copy(xpad, nc_, xf, nc_ * (h * wd))
+            for sl in range(slack):
+                xpad[n * c * geom.padded_height * geom.padded_width + sl] = T.int8(zp8)
         xqa = T.alloc_buffer(xq_shape, xq_dtype, scope=scratch_scope(padded_rows * packed_width * qb))
         xq = T.decl_buffer((padded_rows, packed_width * qb // 4), "int32", data=xqa.data)
         xq8 = T.decl_buffer((padded_rows * packed_width * qb,), "int8", data=xqa.data)

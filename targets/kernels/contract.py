@@ -126,3 +126,26 @@ def prepare_channels(weights: np.ndarray, bias, x_dtype: str, x_zp: int, mult, s
     acc_bound = np.maximum(np.abs(pos * xmax + neg * xmin + bias_folded),
                            np.abs(pos * xmin + neg * xmax + bias_folded))
     return Channels(weights, bias_folded, lo, hi, acc_bound, over)
+
+
+def linear_operands(x_shape, x_dtype, w, out_dtype) -> tuple[tuple[int, ...], str, str, np.ndarray]:
+    """Checked operands of a linear kernel: (x_shape, x_dtype, out_dtype, w int8 [O, K]);
+    ExactnessError for dtypes the kernels do not take, ValueError for x [..., K'] with
+    K' ≠ K."""
+    x_dtype, out_dtype = str(x_dtype), str(out_dtype)
+    check_dtypes(x_dtype, out_dtype)
+    x_shape = tuple(int(v) for v in x_shape)
+    w = int8_weights(w)
+    if x_shape[-1] != w.shape[1]:
+        raise ValueError(f"linear shapes: x {x_shape}, w {w.shape}")
+    return x_shape, x_dtype, out_dtype, w
+
+
+def conv_operands(x_dtype, w, mult, shift, out_dtype) -> tuple[str, str, np.ndarray]:
+    """Checked operands of a conv kernel: (x_dtype, out_dtype, w int8); ValueError without
+    a requantize multiplier, ExactnessError for dtypes the kernels do not take."""
+    if mult is None or shift is None:
+        raise ValueError("mult and shift (the requantize multiplier) are required")
+    x_dtype, out_dtype = str(x_dtype), str(out_dtype)
+    check_dtypes(x_dtype, out_dtype)
+    return x_dtype, out_dtype, int8_weights(w)

@@ -13,8 +13,9 @@ from .geometry import ConvGeometry
 
 
 def plane_copy_macro(geom: ConvGeometry, pad_value, convert: Callable = lambda v: v):
-    """A macro ``copy(dst, dst_start, src, src_start)``: the plane src[src_start + y·W + x]
-    (H × W, flat) into dst[dst_start + y·Wp + x] (Hp × Wp, the padded plane), ``pad_value``
+    """A macro ``copy(dst, plane, src, src_start)``: the plane src[src_start + y·W + x]
+    (H × W, flat) into padded plane number ``plane`` of dst, dst[(plane·Hp + y)·Wp + x]
+    (flat), ``pad_value``
     (a TIR constant of dst's dtype) on the borders, 16 values at a time where it can;
     ``convert(v)`` turns loaded values (vectors of 16 or scalars) into dst's dtype."""
     h, wd = geom.height, geom.width
@@ -22,20 +23,20 @@ def plane_copy_macro(geom: ConvGeometry, pad_value, convert: Callable = lambda v
     hp, wp_ = geom.padded_height, geom.padded_width
 
     @T.macro
-    def copy(dst, dst_start, src, src_start):
+    def copy(dst, plane, src, src_start):
         for yy in range(hp):
             if yy < pt or yy >= pt + h:
                 for xx in range(wp_):
-                    dst[dst_start + yy * wp_ + xx] = pad_value
+                    dst[(plane * hp + yy) * wp_ + xx] = pad_value
             else:
                 for xx in range(pl):
-                    dst[dst_start + yy * wp_ + xx] = pad_value
+                    dst[(plane * hp + yy) * wp_ + xx] = pad_value
                 for xx in range(pr):
-                    dst[dst_start + yy * wp_ + pl + wd + xx] = pad_value
+                    dst[(plane * hp + yy) * wp_ + pl + wd + xx] = pad_value
                 for v in range(wd // 16):
-                    dst[T.ramp(dst_start + yy * wp_ + pl + v * 16, 1, 16)] = convert(
+                    dst[T.ramp((plane * hp + yy) * wp_ + pl + v * 16, 1, 16)] = convert(
                         src[T.ramp(src_start + (yy - pt) * wd + v * 16, 1, 16)])
                 for lane in range(wd % 16):
-                    dst[dst_start + yy * wp_ + pl + wd // 16 * 16 + lane] = convert(
+                    dst[(plane * hp + yy) * wp_ + pl + wd // 16 * 16 + lane] = convert(
                         src[src_start + (yy - pt) * wd + wd // 16 * 16 + lane])
     return copy

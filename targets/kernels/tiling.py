@@ -10,7 +10,7 @@ from typing import Callable, Optional
 
 from tvm.script import tirx as T
 
-from .contract import ceil_div
+from .contract import ceil_div, scratch_scope
 
 L1_BLOCK = 16384  # bytes of packed activations per reduction block (x86)
 
@@ -129,3 +129,46 @@ def choose_plan(pairs: int, pixels: int, out_per_group: int, n_outer: int, threa
     if not osplit:
         osplit = min(row_blocks, threads) if threads > 1 and tasks < 8 * threads else 1
     return GemmPlan(mo, np_, pb, kb, max(1, osplit))
+
+
+@dataclass(frozen=True)
+class BlockedTasks:
+    """The parallel tasks of an x86 GEMM: (output-channel split, batch, group, pixel chunk),
+    the split outermost; each task packs its chunk's activations one reduction block of
+    ``block`` (of ``total``) rows at a time into a [block, packed_width] int32 scratch and
+    keeps ``partial`` int32 partial sums between blocks."""
+
+    batch: int
+    groups: int
+    chunks: PixelChunks
+    block: int
+    total: int
+    packed_width: int
+    partial: int
+
+    @property
+    def blocks(self) -> int:
+        return ceil_div(self.total, self.block)
+
+
+def blocked_task_macro(tasks: BlockedTasks, body: Callable):
+    """A macro ``run(task, *args)`` for one parallel task: it derives the task's indices,
+    allocates the packed block and the partial sums, and calls the macro
+    ``body(packed, partial, split, batch, group, chunk, first_pixel, block_index,
+    block_rows, *args)`` for every reduction block."""
+    n, g, n_chunks, chunk = tasks.batch, tasks.groups, tasks.chunks.count, tasks.chunks.chunk
+    block, total, width, partial = tasks.block, tasks.total, tasks.packed_width, tasks.partial
+
+    @T.macro
+    def run(task, *args):
+        osp = T.meta_var(task // (n * g * n_chunks))  # output-channel split: outermost
+        nn = T.meta_var(task // (g * n_chunks) % n)
+        gg = T.meta_var(task // n_chunks % g)
+        ch = T.meta_var(task % n_chunks)
+        p0 = T.meta_var(ch * chunk)
+        xp = T.alloc_buffer((block, width), "int32", scope=scratch_scope(block * width * 4))
+        part = T.alloc_buffer((partial,), "int32", scope=scratch_scope(partial * 4))
+        for kb in range(tasks.blocks):
+            rows = T.meta_var(T.min(block, total - kb * block) if total % block != 0 else block)
+            body(xp, part, osp, nn, gg, ch, p0, kb, rows, *args)
+    return run

@@ -20,9 +20,10 @@ lowering". ``threads``: the TVM runtime thread count the tiling is planned for.
 
 Kernels (``kernel_info(func)["kind"]``): "pointwise" and "im2col" (``x86_gemm_conv.py``),
 "depthwise" (``x86_depthwise.py``), "dense" (``x86_dense.py``), "pointwise_u8s8"
-(``x86_u8s8.py``, opt-in); the instruction steps and the requantize epilogue are
-``targets/intrinsics/x86_avx2.py``'s. Exactness: every product is formed exactly and summed
-in int32 (``kernels/contract.py``); the input zero point is folded into the bias.
+(``x86_u8s8.py``, opt-in); the requantize epilogue is ``x86_epilogue.py``, the
+instruction steps ``targets/intrinsics/x86_avx2.py``'s. Exactness: every product is
+formed exactly and summed in int32 (``kernels/contract.py``); the input zero point is
+folded into the bias.
 
 Speed (bench/x86_kernels.py, EfficientNet-Lite0's 33 distinct conv/linear shapes, 1 thread,
 Zen 3 at about 3 GHz): about 7.2-7.6 ms for all its conv/linear layers together (385 M
@@ -38,7 +39,7 @@ import numpy as np
 import tvm
 from tvm.target import codegen
 
-from .contract import ExactnessError, ceil_div, check_dtypes, int8_weights, prepare_channels
+from .contract import ExactnessError, ceil_div, conv_operands, linear_operands, prepare_channels
 from .geometry import conv_geometry
 from .relax_call import emit_call_tir, kernel_info, with_info
 from .requant import group_rows, requant_params
@@ -97,11 +98,7 @@ def conv2d_requant_primfunc(x_shape: Sequence[int], x_dtype: str, w: np.ndarray,
     Raises ``ExactnessError`` when exactness cannot be guaranteed, ValueError for
     inconsistent shapes or a target without AVX2."""
     check_target(target)
-    if mult is None or shift is None:
-        raise ValueError("mult and shift (the requantize multiplier) are required")
-    x_dtype, out_dtype = str(x_dtype), str(out_dtype)
-    check_dtypes(x_dtype, out_dtype)
-    w = int8_weights(w)
+    x_dtype, out_dtype, w = conv_operands(x_dtype, w, mult, shift, out_dtype)
     geom = conv_geometry(x_shape, w.shape, stride, padding, dilation, groups)
     o, x_zp, out_zp = geom.out_channels, int(x_zp), int(out_zp)
     ch = prepare_channels(w.reshape(o, -1), bias, x_dtype, x_zp, mult, shift, out_zp, lo, hi)
@@ -132,13 +129,8 @@ def linear_requant_primfunc(x_shape: Sequence[int], x_dtype: str, w: np.ndarray,
     [⌈O/32⌉, ⌈K/2⌉, 64] (32 outputs × 2 reduction indices per row) and the requantize
     columns int32 [8, O padded to 32] (the rows of ``kernels/requant.py``, transposed)."""
     check_target(target)
-    x_dtype, out_dtype = str(x_dtype), str(out_dtype)
-    check_dtypes(x_dtype, out_dtype)
-    x_shape = tuple(int(v) for v in x_shape)
-    w = int8_weights(w)
-    o, k = w.shape
-    if x_shape[-1] != k:
-        raise ValueError(f"linear shapes: x {x_shape}, w {w.shape}")
+    x_shape, x_dtype, out_dtype, w = linear_operands(x_shape, x_dtype, w, out_dtype)
+    o = w.shape[0]
     ch = prepare_channels(w, bias, x_dtype, int(x_zp), mult, shift, int(out_zp), lo, hi)
     rq = encode_requant_rows(requant_params(ch, mult, shift, int(out_zp), out_dtype))
     func, info = dense_kernel(x_shape, x_dtype, o, rq, int(out_zp), out_dtype, name, vo=vo)

@@ -26,6 +26,7 @@ from tvm.script import tirx as T
 from ..intrinsics.x86_avx2 import PMADDWD
 from .contract import ceil_div, scratch_scope
 from .geometry import ConvGeometry
+from .padded_copy import plane_copy_macro
 from .requant import RequantColumn as Col, RequantRows
 from .x86_epilogue import narrow16, requant_i32, requant_row
 
@@ -131,36 +132,27 @@ class _Steps:
 
 def _plane_copy_macro(geom: ConvGeometry, x_zp: int):
     """The int16 copy of an input plane, padded with the zero point (the slack past it is
-    left as is: it only feeds outputs that are dropped)."""
+    left as is: it only feeds outputs that are dropped); an unpadded plane is copied flat."""
     c, h, wd = geom.channels, geom.height, geom.width
-    pt, pbm, pl, pr = geom.padding
-    hp, wp_ = geom.padded_height, geom.padded_width
     og = geom.out_channels // c
+    unpadded = geom.padding == (0, 0, 0, 0)
+    copy_padded = plane_copy_macro(geom, T.int16(x_zp), _widen16)
 
     @T.macro
-    def copy(x, xf, src, nn, oo):
-        if pt == 0 and pbm == 0 and pl == 0 and pr == 0:
+    def copy(xf, src, nn, oo):
+        if unpadded:
             for v in range(h * wd // 16):
                 src[T.ramp(v * 16, 1, 16)] = T.Cast("int16x16", xf[T.ramp((nn * c + oo // og) * (h * wd) + v * 16, 1, 16)])
             for lane in range(h * wd % 16):
                 src[h * wd // 16 * 16 + lane] = T.Cast("int16", xf[(nn * c + oo // og) * (h * wd) + h * wd // 16 * 16 + lane])
         else:
-            for yy in range(hp):
-                if yy < pt or yy >= pt + h:
-                    for xx in range(wp_):
-                        src[yy * wp_ + xx] = T.int16(x_zp)
-                else:
-                    for xx in range(pl):
-                        src[yy * wp_ + xx] = T.int16(x_zp)
-                    for v in range(wd // 16):
-                        src[T.ramp(yy * wp_ + pl + v * 16, 1, 16)] = T.Cast("int16x16", x[nn, oo // og, yy - pt,
-                                                                                         T.ramp(v * 16, 1, 16)])
-                    for lane in range(wd % 16):
-                        src[yy * wp_ + pl + wd // 16 * 16 + lane] = T.Cast("int16", x[nn, oo // og, yy - pt,
-                                                                                     wd // 16 * 16 + lane])
-                    for xx in range(pr):
-                        src[yy * wp_ + pl + wd + xx] = T.int16(x_zp)
+            copy_padded(src, 0, xf, (nn * c + oo // og) * (h * wd))
     return copy
+
+
+def _widen16(v):
+    lanes = v.ty.dtype.lanes
+    return T.Cast("int16" if lanes == 1 else f"int16x{lanes}", v)
 
 
 def _flat_macro(steps: _Steps):
@@ -320,7 +312,7 @@ def depthwise_kernel(geom: ConvGeometry, x_dtype: str, x_zp: int, rq: RequantRow
             oo = T.meta_var(task % o)
             if sw == 1 or sw == 2:
                 src = T.alloc_buffer((plan.plane,), "int16", scope=scratch_scope(plan.plane * 2))
-                copy(x, xf, src, nn, oo)
+                copy(xf, src, nn, oo)
                 compute(src, wdw, rqb, out, nn, oo)
             else:
                 scalar(x, wdw, rqb, out, nn, oo)

@@ -22,11 +22,12 @@ import tvm
 from tvm.script import tirx as T
 
 from ..intrinsics.x86_avx2 import PMADDWD
-from .contract import ceil_div, scratch_scope
+from .contract import ceil_div
 from .x86_epilogue import requant_row
 from .geometry import ConvGeometry
+from .padded_copy import plane_copy_macro
 from .requant import RequantColumn as Col, RequantRows
-from .tiling import GemmPlan, PixelChunks, chunk_dispatch
+from .tiling import BlockedTasks, GemmPlan, PixelChunks, blocked_task_macro, chunk_dispatch
 
 VECTOR = 8  # int32 lanes of an AVX2 vector: output pixels per vector
 
@@ -146,36 +147,6 @@ def _tile_macro(lay: GemmLayout, rq: RequantRows, out_zp: int, out_dtype: str):
     return tile
 
 
-def _padded_copy_macro(geom: ConvGeometry, x_dtype: str, x_zp: int, slack: int):
-    """Fill ``xpad`` with x padded by the zero point (planes of the padded pitch, flat),
-    then ``slack`` more zero points for the 16-byte stride-2 loads; parallel over planes."""
-    n, c, h, wd = geom.batch, geom.channels, geom.height, geom.width
-    pt, _, pl, pr = geom.padding
-    hp, wp_ = geom.padded_height, geom.padded_width
-
-    @T.macro
-    def copy(x, xpad):
-        for nc_ in T.parallel(n * c):
-            for yy in range(hp):
-                if yy < pt or yy >= pt + h:
-                    for xx in range(wp_):
-                        xpad[(nc_ * hp + yy) * wp_ + xx] = T.Cast(x_dtype, x_zp)
-                else:
-                    for xx in range(pl):
-                        xpad[(nc_ * hp + yy) * wp_ + xx] = T.Cast(x_dtype, x_zp)
-                    for xx in range(pr):
-                        xpad[(nc_ * hp + yy) * wp_ + pl + wd + xx] = T.Cast(x_dtype, x_zp)
-                    for v in range(wd // 16):
-                        xpad[T.ramp((nc_ * hp + yy) * wp_ + pl + v * 16, 1, 16)] = x[
-                            nc_ // c, nc_ % c, T.ramp((yy - pt) * wd + v * 16, 1, 16)]
-                    for lane in range(wd % 16):
-                        xpad[(nc_ * hp + yy) * wp_ + pl + wd // 16 * 16 + lane] = x[
-                            nc_ // c, nc_ % c, (yy - pt) * wd + wd // 16 * 16 + lane]
-        for sl in range(slack):
-            xpad[n * c * hp * wp_ + sl] = T.Cast(x_dtype, x_zp)
-    return copy
-
-
 def _pack_macro(lay: GemmLayout, x_dtype: str):
     """Pack reduction block ``kb`` of the chunk at pixel ``p0``: packed[k2, p] holds the
     int16 pair (x[2k2], x[2k2 + 1]) of pixel p0 + p (pointwise: from x; im2col: from the
@@ -239,43 +210,45 @@ def gemm_conv_kernel(geom: ConvGeometry, x_dtype: str, x_zp: int, rq: RequantRow
     lay = GemmLayout(geom, plan)
     n, c, h, wd, o, g = geom.batch, geom.channels, geom.height, geom.width, geom.out_channels, geom.groups
     ho, wo, pixels = geom.out_height, geom.out_width, geom.out_pixels
-    mo, pairs, block, n_blocks = plan.mo, lay.pairs, plan.kb, lay.reduction_blocks
-    row_blocks, rows, per_split, n_chunks = lay.row_blocks, g * lay.rows_per_group, lay.blocks_per_split, lay.chunks.count
+    mo, pairs, block_rows, n_blocks = plan.mo, lay.pairs, plan.kb, lay.reduction_blocks
+    row_blocks, rows, per_split = lay.row_blocks, g * lay.rows_per_group, lay.blocks_per_split
     packed_width, partial = lay.packed_width, lay.partial_size
     slack = 16 * max(geom.stride[1], 1) + 64
     plane = n * c * geom.padded_height * geom.padded_width + slack
     pointwise = geom.is_pointwise
-    copy = _padded_copy_macro(geom, x_dtype, x_zp, slack)
+    copy = plane_copy_macro(geom, tvm.tirx.const(x_zp, x_dtype))
     pack = _pack_macro(lay, x_dtype)
     run_tiles = chunk_dispatch(lay.chunks, _tile_macro(lay, rq, out_zp, out_dtype))
+
+    @T.macro
+    def block(xp, part, osp, nn, gg, ch, p0, kb, k2n, source, wp, rqb, out):
+        pack(source, xp, nn, gg, kb, k2n, p0)
+        for obl in range(per_split):
+            if osp * per_split + obl < row_blocks:
+                run_tiles(ch, osp * per_split + obl, kb, k2n, xp, wp, rqb, part, out, nn, gg, osp, p0)
+
+    run_task = blocked_task_macro(BlockedTasks(n, g, lay.chunks, block_rows, pairs, packed_width, partial), block)
 
     @T.prim_func
     def conv(x4: T.Buffer((n, c, h, wd), x_dtype), wp: T.Buffer((g, row_blocks, pairs, mo), "int32"),
              rqb: T.Buffer((rows, 8), "int32"), out4: T.Buffer((n, o, ho, wo), out_dtype)):
         T.func_attr({"global_symbol": name, "tir.noalias": True})
         x = T.decl_buffer((n, c, h * wd), x_dtype, data=x4.data)
+        xf = T.decl_buffer((n * c * h * wd,), x_dtype, data=x4.data)
         out = T.decl_buffer((n, o, pixels), out_dtype, data=out4.data)
         if not pointwise:
+            # zero-point padded copy of x (flat, with slack for the 16-byte stride-2 loads)
             xpad = T.alloc_buffer((plane,), x_dtype, scope="local")
-            copy(x, xpad)
+            for nc_ in T.parallel(n * c):
+                copy(xpad, nc_, xf, nc_ * (h * wd))
+            for sl in range(slack):
+                xpad[n * c * geom.padded_height * geom.padded_width + sl] = T.Cast(x_dtype, x_zp)
         for task in T.parallel(lay.tasks):
-            osp = T.meta_var(task // (n * g * n_chunks))  # output-channel split: outermost
-            nn = T.meta_var(task // (g * n_chunks) % n)
-            gg = T.meta_var(task // n_chunks % g)
-            ch = T.meta_var(task % n_chunks)
-            p0 = T.meta_var(ch * plan.pb)
-            xp = T.alloc_buffer((block, packed_width), "int32", scope=scratch_scope(block * packed_width * 4))
-            part = T.alloc_buffer((partial,), "int32", scope=scratch_scope(partial * 4))
-            for kb in range(n_blocks):
-                k2n = T.meta_var(T.min(block, pairs - kb * block) if pairs % block != 0 else block)
-                if pointwise:
-                    pack(x, xp, nn, gg, kb, k2n, p0)
-                else:
-                    pack(xpad, xp, nn, gg, kb, k2n, p0)
-                for obl in range(per_split):
-                    if osp * per_split + obl < row_blocks:
-                        run_tiles(ch, osp * per_split + obl, kb, k2n, xp, wp, rqb, part, out, nn, gg, osp, p0)
+            if pointwise:
+                run_task(task, x, wp, rqb, out)
+            else:
+                run_task(task, xpad, wp, rqb, out)
 
-    info = dict(kind="pointwise" if pointwise else "im2col", mo=mo, np=plan.np_, pb=plan.pb, kb=block, nkb=n_blocks,
+    info = dict(kind="pointwise" if pointwise else "im2col", mo=mo, np=plan.np_, pb=plan.pb, kb=block_rows, nkb=n_blocks,
                 osplit=lay.splits, epilogue=rq.mode, fold_zp=rq.fold_zp, tasks=lay.tasks)
     return conv, info

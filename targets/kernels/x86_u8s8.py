@@ -29,10 +29,10 @@ import tvm
 from tvm.script import tirx as T
 
 from ..intrinsics.x86_avx2 import PMADDUBSW, PMADDWD
-from .contract import ceil_div, scratch_scope
+from .contract import ceil_div
 from .geometry import ConvGeometry
 from .requant import RequantColumn as Col, RequantRows
-from .tiling import GemmPlan, PixelChunks, chunk_dispatch
+from .tiling import BlockedTasks, GemmPlan, PixelChunks, blocked_task_macro, chunk_dispatch
 from .x86_epilogue import requant_row
 
 __all__ = ["quad_entries", "pointwise_u8s8"]
@@ -167,7 +167,15 @@ def pointwise_u8s8(geom: ConvGeometry, weights: np.ndarray, rq: RequantRows, out
     index, entry_weights, offsets, longest = quad_entries(weights, block)
     run_tiles = chunk_dispatch(chunks, _tile_macro(o, pixels, plan, n_blocks, per_split, rq, out_zp, out_dtype))
     pack = _pack_quads_macro(c, pixels, plan.pb)
-    n_chunks = chunks.count
+
+    @T.macro
+    def quad_block(xq, part, osp, nn, gg, ch, p0, kb, k4n, x, eidx, ew, off, rqb, out):
+        pack(x, xq, nn, kb, k4n, p0, block)
+        for obl in range(per_split):
+            if osp * per_split + obl < o:
+                run_tiles(ch, osp * per_split + obl, kb, xq, eidx, ew, off, rqb, part, out, nn, osp, p0)
+
+    run_task = blocked_task_macro(BlockedTasks(n, 1, chunks, block, quads, packed_width, partial), quad_block)
 
     @T.prim_func
     def conv(x4: T.Buffer((n, c, h, wd), "uint8"), eidx: T.Buffer((o, longest), "int32"),
@@ -177,18 +185,7 @@ def pointwise_u8s8(geom: ConvGeometry, weights: np.ndarray, rq: RequantRows, out
         x = T.decl_buffer((n, c, pixels), "uint8", data=x4.data)
         out = T.decl_buffer((n, o, pixels), out_dtype, data=out4.data)
         for task in T.parallel(tasks):
-            osp = T.meta_var(task // (n * n_chunks))
-            nn = T.meta_var(task // n_chunks % n)
-            ch = T.meta_var(task % n_chunks)
-            p0 = T.meta_var(ch * plan.pb)
-            xq = T.alloc_buffer((block, packed_width), "int32", scope=scratch_scope(block * packed_width * 4))
-            part = T.alloc_buffer((partial,), "int32", scope=scratch_scope(partial * 4))
-            for kb in range(n_blocks):
-                k4n = T.meta_var(T.min(block, quads - kb * block) if quads % block != 0 else block)
-                pack(x, xq, nn, kb, k4n, p0, block)
-                for obl in range(per_split):
-                    if osp * per_split + obl < o:
-                        run_tiles(ch, osp * per_split + obl, kb, xq, eidx, ew, off, rqb, part, out, nn, osp, p0)
+            run_task(task, x, eidx, ew, off, rqb, out)
 
     info = dict(kind="pointwise_u8s8", mo=1, np=plan.np_, pb=plan.pb, kb=block, nkb=n_blocks, osplit=splits,
                 epilogue=rq.mode, fold_zp=rq.fold_zp, tasks=tasks, entries=int(offsets[:, -1].sum()),

@@ -13,6 +13,7 @@ for a feature its CPU lacks is refused when it is made (ArmTargetError), never a
 """
 from __future__ import annotations
 
+import bisect
 import os
 import re
 import shutil
@@ -324,8 +325,6 @@ def profile_by_function(blocks: list[list[str]], log: str, library: Path) -> lis
     symbols = [(int(a, 16), name) for a, kind, name in (l.split()[:3] for l in listing.splitlines() if len(l.split()) >= 3)
                if kind.lower() == "t"]
     addresses = [a for a, _ in symbols]
-    import bisect
-
     totals: dict[str, dict[str, int]] = {}
     for vaddr, _, *by_class in blocks:
         v = int(vaddr, 16)

@@ -83,7 +83,7 @@ def weight_bytes(program) -> int:
 
 def kernel_infos(mod) -> dict[str, dict]:
     """{Relax function name: kernel_info} of our kernels in a lowered module."""
-    from qcompiler.targets.arm_int8 import kernel_info
+    from qcompiler.targets.kernels.relax_call import kernel_info
 
     out = {}
     for gv, func in mod.functions.items():

@@ -1,6 +1,6 @@
 """Where the time of qcompiler's host build of EfficientNet-Lite0 goes, at 1 thread, by
 kind of layer, next to ONNX Runtime int8's own profile of the same model; and how many
-pointwise weight pairs the exact u8×s8 kernel (targets/x86_u8s8.py) can keep whole.
+pointwise weight pairs the exact u8×s8 kernel (targets/kernels/x86_u8s8.py) can keep whole.
 
     .venv/bin/python bench/host_breakdown.py            # 15 profiled runs of ours, 50 of ORT
     .venv/bin/python bench/host_breakdown.py --u8s8     # pointwise layers with the u8×s8 kernel
@@ -47,11 +47,11 @@ def ours(args) -> tuple[dict, float, float, object]:
     from qcompiler.compile_report import _attach_times, layer_rows
     from qcompiler.interpreter import interpret
     from qcompiler.models import efficientnet_lite0, imagenet_calibration_set, imagenet_samples
-    from qcompiler.targets import x86_int8
+    from qcompiler.targets.kernels import x86 as x86_kernels
     from qcompiler.targets.host import compile_host
 
     if args.u8s8:
-        x86_int8.conv2d_requant_primfunc = functools.partial(x86_int8.conv2d_requant_primfunc, u8s8=True)
+        x86_kernels.conv2d_requant_primfunc = functools.partial(x86_kernels.conv2d_requant_primfunc, u8s8=True)
     data = imagenet_samples()
     qm = qcompiler.quantize(efficientnet_lite0(), data.images[:1], bits=8, method="minmax",
                             calibration=imagenet_calibration_set(crops_per_image=1).split(10), progress=False)

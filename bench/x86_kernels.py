@@ -1,4 +1,4 @@
-"""Per-layer speed of the exact int8 x86 kernels (targets/x86_int8.py) against TVM's default
+"""Per-layer speed of the exact int8 x86 kernels (targets/kernels/x86.py) against TVM's default
 build of the same fused op, for every distinct conv2d / linear layer of EfficientNet-Lite0
 (batch 1), and the whole-network total (per-layer times weighted by how often each shape
 occurs), optionally next to ONNX Runtime's int8 EfficientNet-Lite0 measured in the same run.
@@ -204,7 +204,7 @@ class Built:
 def build_ours(layer: Layer, target, calls: int, plan=None, threads: int = 1, u8s8: bool = False) -> Built:
     import tvm
 
-    from qcompiler.targets import x86_int8 as K
+    from qcompiler.targets.kernels import x86 as K
 
     a = layer.operands
     if layer.kind == "linear":
@@ -320,7 +320,7 @@ def parse_args(argv=None):
     p.add_argument("--real", action="store_true", help="use the quantized model's own layers and operands")
     p.add_argument("--sweep", action="store_true", help="time GEMM tilings for every pointwise layer")
     p.add_argument("--only", default="", help="comma-separated substrings of layer labels to keep")
-    p.add_argument("--u8s8", action="store_true", help="pointwise layers with the opt-in vpmaddubsw kernel (x86_u8s8)")
+    p.add_argument("--u8s8", action="store_true", help="pointwise layers with the opt-in vpmaddubsw kernel (targets/kernels/x86_u8s8.py)")
     return p.parse_args(argv)
 
 
@@ -405,7 +405,7 @@ def main(argv=None) -> None:
 
 
 def sweep(layers, target, args) -> None:
-    from qcompiler.targets import x86_int8 as K
+    from qcompiler.targets.kernels import x86 as K
 
     configs = [(1, 8), (1, 6), (2, 4), (2, 5), (4, 2), (6, 2), (3, 3)]
     for layer in layers:

@@ -8,11 +8,12 @@ target comes from executing aarch64 code.
     rt.count(x)                                     # executed instructions of the call, by class
 
 Variants (ARM_VARIANTS, targets "arm_cpu" and "arm_cpu_a53"): Cortex-A76 with our sdot kernels
-(targets/arm_int8.py) and Cortex-A53 (no dotprod) with TVM's generic kernels. A variant that asks
+(targets/kernels/arm.py) and Cortex-A53 (no dotprod) with TVM's generic kernels. A variant that asks
 for a feature its CPU lacks is refused when it is made (ArmTargetError), never a SIGILL later.
 """
 from __future__ import annotations
 
+import bisect
 import os
 import re
 import shutil
@@ -34,8 +35,10 @@ from qcompiler.errors import QCompilerError
 from qcompiler.progress import stage
 
 from .cpu_schedule import cpu_pipeline
-from .host import _out_spec, function_input_types, input_array, output_structure
+from .kernel_lowering import KernelChoice, generic_lowering, scheduled_lowering
+from .kernels import arm as arm_kernels
 from .lower import lower
+from .runtime_common import function_input_types, input_array, output_structure, program_out_spec
 
 __all__ = ["ArmVariant", "ARM_VARIANTS", "CPU_FEATURES", "arm_target", "get_variant", "arm_lowerings", "compile_arm",
            "build_arm", "ArmRuntime", "run_calls", "parse_counts", "ArmToolsError", "ArmTargetError", "tools_dir"]
@@ -63,7 +66,7 @@ CPU_FEATURES: dict[str, frozenset] = {
 }
 
 
-# What each kind of kernels needs: "sdot" and "smmla" are targets/arm_int8.py's (smmla in
+# What each kind of kernels needs: "sdot" and "smmla" are targets/kernels/arm.py's (smmla in
 # the GEMMs, sdot elsewhere), "generic" is TVM's legalized ops.
 KERNEL_FEATURES: dict[str, frozenset] = {
     "generic": frozenset({"neon"}),
@@ -75,7 +78,7 @@ KERNEL_FEATURES: dict[str, frozenset] = {
 @dataclass(frozen=True)
 class ArmVariant:
     """An aarch64 CPU as data: LLVM's CPU and target attributes, the qemu CPU that runs it
-    here, and the kernels it gets (KERNEL_FEATURES: "sdot" and "smmla": targets/arm_int8.py;
+    here, and the kernels it gets (KERNEL_FEATURES: "sdot" and "smmla": targets/kernels/arm.py;
     "generic": TVM's legalized ops, NEON only). Checked on construction: the attributes must be features of the CPU,
     and sdot kernels need dotprod; otherwise an ArmTargetError says which variant to use."""
 
@@ -136,16 +139,17 @@ def get_variant(name: str) -> ArmVariant:
     return ARM_VARIANTS[name]
 
 
-def arm_lowerings(variant: str = "arm_cpu") -> dict:
-    """The variant's own lowerings: our sdot kernels for conv2d and linear (the generic
-    lowering where a kernel cannot guarantee exactness), none for a generic variant."""
-    from .host import scheduled_lowering
-
+def arm_lowerings(variant: str = "arm_cpu", choices: Optional[dict] = None) -> dict:
+    """The variant's own lowerings: our sdot kernels (``targets/kernels/arm.py``) for conv2d
+    and linear (the generic lowering where a kernel cannot guarantee exactness); for a
+    generic variant, the generic lowerings. Each node's ``KernelChoice`` goes into
+    ``choices`` (a dict by node name) when given."""
     v = get_variant(variant)
     if v.kernels == "generic":
-        return {}
-    return {op: scheduled_lowering("arm_int8", f"{op}_requant_primfunc", op, lambda: arm_target(variant),
-                                   {"instruction": v.kernels})
+        reason = f"the {v.name} variant ({v.mcpu}) has no dotprod: TVM's generic kernels"
+        return {op: generic_lowering(op, reason, choices) for op in ("conv2d", "linear")}
+    return {op: scheduled_lowering(arm_kernels, f"{op}_requant_primfunc", op, lambda: arm_target(variant),
+                                   {"instruction": v.kernels}, choices=choices)
             for op in ("conv2d", "linear")}
 
 
@@ -187,6 +191,8 @@ class ArmRuntime:
         self.function = function
         self.mod = mod
         self.threads = 1
+        # node name -> KernelChoice for each conv2d / linear node (set by compile_arm)
+        self.kernel_choices: dict[str, KernelChoice] = {}
 
     def for_function(self, name: str, out_spec: Any = None) -> "ArmRuntime":
         """The runtime of the library's function ``name`` (built by the same ``build_arm``)."""
@@ -319,8 +325,6 @@ def profile_by_function(blocks: list[list[str]], log: str, library: Path) -> lis
     symbols = [(int(a, 16), name) for a, kind, name in (l.split()[:3] for l in listing.splitlines() if len(l.split()) >= 3)
                if kind.lower() == "t"]
     addresses = [a for a, _ in symbols]
-    import bisect
-
     totals: dict[str, dict[str, int]] = {}
     for vaddr, _, *by_class in blocks:
         v = int(vaddr, 16)
@@ -342,16 +346,19 @@ def profile_by_function(blocks: list[list[str]], log: str, library: Path) -> lis
 def compile_arm(program: fx.GraphModule, example_inputs: Any, variant: str = "arm_cpu",
                 threads: Optional[int] = None) -> ArmRuntime:
     """Lower ``program``, build it for the aarch64 ``variant`` and export the library
-    (cross-compiled); the returned runtime runs it under qemu. ``threads`` is accepted for
+    (cross-compiled); the returned runtime runs it under qemu, and its ``kernel_choices``
+    say which kernel each conv2d / linear node got. ``threads`` is accepted for
     the target API; runs are single-threaded."""
     if isinstance(example_inputs, (torch.Tensor, np.ndarray)):
         example_inputs = (example_inputs,)
     start = time.perf_counter()
     stage("lowering to Relax")
-    mod = lower(program, example_inputs, target_lowerings=arm_lowerings(variant))
+    choices: dict[str, KernelChoice] = {}
+    mod = lower(program, example_inputs, target_lowerings=arm_lowerings(variant, choices))
     stage("building with TVM (LLVM, aarch64) and the cross compiler")
     runtime = build_arm(mod, variant)
-    runtime.out_spec = _out_spec(program)
+    runtime.out_spec = program_out_spec(program)
+    runtime.kernel_choices = choices
     runtime.build_seconds = time.perf_counter() - start
     return runtime
 

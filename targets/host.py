@@ -9,12 +9,11 @@ Equal bit for bit to ``qm.interpret(x)`` (tests/test_lower_host.py).
 """
 from __future__ import annotations
 
-import importlib
 import os
 import shutil
 import time
 from functools import lru_cache
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import numpy as np
 import torch
@@ -26,10 +25,14 @@ from qcompiler.errors import QCompilerError
 from qcompiler.progress import stage
 
 from .cpu_schedule import cpu_pipeline
-from .lower import LOWERINGS, LowerContext, lower
+from .kernel_lowering import KernelChoice, generic_lowering, scheduled_lowering
+from .kernels import x86 as x86_kernels
+from .lower import lower
+from .runtime_common import function_input_types, input_array, output_structure, program_out_spec
 
 __all__ = ["host_target_spec", "host_target", "build_host", "HostRuntime", "compile_host", "BuildError", "use_threads",
-           "available_cpus"]
+           "available_cpus", "load_host", "host_lowerings", "host_has_avx2", "scheduled_lowering", "KernelChoice",
+           "function_input_types", "input_array", "output_structure"]
 
 
 def available_cpus() -> int:
@@ -55,40 +58,6 @@ def use_threads(n: int) -> None:
     if _THREADS_IN_USE[0] != n:
         tvm.get_global_func("runtime.config_threadpool")(0, int(n))
         _THREADS_IN_USE[0] = n
-
-
-def input_array(i: int, value: Any, shape: tuple, dtype: str) -> np.ndarray:
-    """Input ``i`` (numpy array or torch tensor) as a contiguous numpy array of the built
-    program's ``shape`` and ``dtype``: floats are cast to a float dtype; any other mismatch
-    is an error that says what was expected."""
-    if isinstance(value, torch.Tensor):
-        value = value.detach().cpu().numpy()
-    value = np.asarray(value)
-    if tuple(value.shape) != shape:
-        raise QCompilerError(f"input {i} has shape {tuple(value.shape)}, but the program was built for {shape} "
-                             f"(static shapes: lower and build again with an example input of this shape)")
-    if value.dtype != np.dtype(dtype):
-        if np.issubdtype(value.dtype, np.floating) and np.issubdtype(np.dtype(dtype), np.floating):
-            value = value.astype(dtype)
-        else:
-            raise QCompilerError(f"input {i} has dtype {value.dtype}, but the program was built for {dtype}")
-    return np.ascontiguousarray(value)
-
-
-def function_input_types(func: relax.Function) -> list[tuple[tuple[int, ...], str]]:
-    """(shape, dtype) of each parameter of a lowered Relax function (static shapes)."""
-    return [(tuple(int(s) for s in p.ty.shape), str(p.ty.dtype.dtype)) for p in func.params]
-
-
-def output_structure(arrays: list[np.ndarray], out_spec: Any) -> Any:
-    """The output leaves as torch tensors, in the program's output structure (a tuple
-    when ``out_spec`` is None)."""
-    leaves = [torch.from_numpy(a) for a in arrays]
-    if out_spec is None:
-        return tuple(leaves)
-    from torch.utils._pytree import tree_unflatten
-
-    return tree_unflatten(leaves, out_spec)
 
 
 class BuildError(QCompilerError):
@@ -153,6 +122,9 @@ class HostRuntime:
         self.threads = int(threads or os.environ.get("TVM_NUM_THREADS") or available_cpus())
         self.vm = relax.VirtualMachine(loaded if loaded is not None else executable.jit(), self.device)
         self.input_types = input_types if input_types is not None else function_input_types(mod[function])
+        # node name -> KernelChoice for each conv2d / linear node (set by compile_host; empty
+        # for a runtime built or loaded otherwise)
+        self.kernel_choices: dict[str, KernelChoice] = {}
 
     def _input(self, i: int, value: Any) -> tvm.runtime.Tensor:
         return tvm.runtime.tensor(input_array(i, value, *self.input_types[i]), self.device)
@@ -203,72 +175,7 @@ class HostRuntime:
         return f"HostRuntime({len(self.input_types)} input(s), {self.threads} thread(s), built in {self.build_seconds:.1f} s)"
 
 
-def _out_spec(program: fx.GraphModule) -> Any:
-    """The program's output structure (as qcompiler.interpreter restores it)."""
-    from torch.utils._pytree import tree_flatten
-
-    info = getattr(program.graph._codegen, "pytree_info", None)
-    if info is not None and info.out_spec is not None:
-        return info.out_spec
-    output = next(n for n in program.graph.nodes if n.op == "output")
-    return tree_flatten(output.args[0])[1]
-
-
-# ---------------------------------------------------------------- scheduled kernels
-
-
-def scheduled_lowering(kernels: str, kernel: str, generic: str, target: Callable[[], tvm.target.Target],
-                       options: Optional[dict] = None, available: Callable[[], bool] = lambda: True):
-    """A lowering that emits a kernel of ours for the op: ``kernel`` (e.g.
-    "conv2d_requant_primfunc") of the module ``kernels`` (targets/x86_int8.py,
-    targets/arm_int8.py: same API) built for ``target()``; and the generic lowering
-    ``generic`` where the kernel cannot guarantee exactness (its ExactnessError) or
-    ``available()`` is false (e.g. a host without AVX2). ``options`` go to conv kernels
-    (e.g. ``threads``)."""
-    def lowering(ctx: LowerContext, node: fx.Node, args: tuple, kwargs: dict):
-        module = importlib.import_module(f"{__package__}.{kernels}")
-        if not available():
-            return LOWERINGS[generic](ctx, node, args, kwargs)
-        x = ctx.expr(args[0])
-        params = [np.asarray(a) if isinstance(a, np.ndarray) else a for a in args[1:-1]]
-        if generic == "conv2d":
-            x, params[PADDING_PARAM] = _fold_zero_point_pad(ctx, node, x, params[PADDING_PARAM], params[X_ZP_PARAM])
-        extra = {k: v for k, v in (options or {}).items() if v is not None} if generic == "conv2d" else {}
-        try:
-            func, consts = getattr(module, kernel)(ctx.shape(x), ctx.dtype(x), *params, out_dtype=_dtype_name(args[-1]),
-                                                   target=target(), **extra)
-        except module.ExactnessError:
-            return LOWERINGS[generic](ctx, node, args, kwargs)
-        return module.emit_call_tir(ctx.bb, func, consts, x, name_hint=f"{generic}_{node.name}")
-    return lowering
-
-
-# positions in qcompiler.conv2d's arguments after x: (w, bias, x_zp, stride, padding, ...)
-X_ZP_PARAM, PADDING_PARAM = 2, 4
-
-
-def _fold_zero_point_pad(ctx: LowerContext, node: fx.Node, x: Any, padding: Any, x_zp: Any) -> tuple[Any, Any]:
-    """If the conv's input is a ``constant_pad_nd`` of its spatial dims by the conv's input
-    zero point (TensorFlow "same" padding, which is asymmetric for stride 2), take the pad
-    into the kernel: returns (the pad's input, (top, bottom, left, right) padding). The
-    kernel then pads in its own scratch copy and the padded tensor is never written (the
-    pad is left dead for dead-code elimination, unless something else uses it).
-    Otherwise returns (x, padding) as given."""
-    source = node.args[0]
-    if not (isinstance(source, fx.Node) and source.op == "call_function"
-            and source.target is torch.ops.aten.constant_pad_nd.default):
-        return x, padding
-    pad = [int(v) for v in source.args[1]]
-    value = source.args[2] if len(source.args) > 2 else source.kwargs.get("value", 0)
-    inner = ctx.env.get(source.args[0])
-    if len(pad) != 4 or min(pad) < 0 or not isinstance(inner, relax.Expr) or float(value) != float(int(x_zp)):
-        return x, padding
-    (ph, pw), (left, right, top, bottom) = [int(v) for v in padding], pad
-    return inner, (ph + top, ph + bottom, pw + left, pw + right)
-
-
-def _dtype_name(dtype: Any) -> str:
-    return str(dtype).replace("torch.", "")
+_out_spec = program_out_spec  # the name the targets used before runtime_common
 
 
 @lru_cache(maxsize=None)
@@ -280,11 +187,21 @@ def host_has_avx2() -> bool:
         return False
 
 
-def host_lowerings(threads: Optional[int] = None) -> dict:
-    """The host's own lowerings: our scheduled kernels for the ops that carry the MACs,
-    tiled for ``threads`` runtime threads."""
+NO_AVX2 = "this CPU has no AVX2"
+
+
+def _avx2_missing() -> Optional[str]:
+    return None if host_has_avx2() else NO_AVX2
+
+
+def host_lowerings(threads: Optional[int] = None, choices: Optional[dict] = None) -> dict:
+    """The host's own lowerings: our scheduled kernels (``targets/kernels/x86.py``) for the
+    ops that carry the MACs, tiled for ``threads`` runtime threads; the generic lowering
+    where a kernel cannot guarantee exactness or the CPU has no AVX2. Each node's
+    ``KernelChoice`` goes into ``choices`` (a dict by node name) when given."""
     return {
-        op: scheduled_lowering("x86_int8", f"{op}_requant_primfunc", op, host_target, {"threads": threads}, host_has_avx2)
+        op: scheduled_lowering(x86_kernels, f"{op}_requant_primfunc", op, host_target, {"threads": threads},
+                               _avx2_missing, choices)
         for op in ("conv2d", "linear")
     }
 
@@ -294,7 +211,8 @@ HOST_LOWERINGS = host_lowerings()
 
 def compile_host(program: fx.GraphModule, example_inputs: Any, target: Optional[tvm.target.Target] = None,
                  scheduled: bool = True, threads: Optional[int] = None) -> HostRuntime:
-    """lower + build_host; the runtime's ``__call__`` returns the program's output structure.
+    """lower + build_host; the runtime's ``__call__`` returns the program's output structure,
+    its ``kernel_choices`` which kernel each conv2d / linear node got (and why not ours).
     ``scheduled=False`` is TVM's default build of the generic lowering (no kernels or
     schedules of ours: for comparison). ``threads``: the thread count the kernels are tiled
     for (default TVM_NUM_THREADS, else the CPU count); TVM's runtime runs them on its own
@@ -302,10 +220,14 @@ def compile_host(program: fx.GraphModule, example_inputs: Any, target: Optional[
     if isinstance(example_inputs, (torch.Tensor, np.ndarray)):
         example_inputs = (example_inputs,)
     stage("lowering to Relax")
-    mod = lower(program, example_inputs, target_lowerings=host_lowerings(threads) if scheduled else None)
+    choices: dict[str, KernelChoice] = {}
+    lowerings = host_lowerings(threads, choices) if scheduled else {
+        op: generic_lowering(op, "scheduled=False: TVM's default build", choices) for op in ("conv2d", "linear")}
+    mod = lower(program, example_inputs, target_lowerings=lowerings)
     stage("building with TVM (LLVM)")
     runtime = build_host(mod, target, scheduled=scheduled, threads=threads)
-    runtime.out_spec = _out_spec(program)
+    runtime.out_spec = program_out_spec(program)
+    runtime.kernel_choices = choices
     return runtime
 
 

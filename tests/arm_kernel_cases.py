@@ -1,4 +1,4 @@
-"""Helpers for tests of targets/arm_int8.py: operands, references from qcompiler.kernels, and
+"""Helpers for tests of targets/kernels/arm.py: operands, references from qcompiler.kernels, and
 one aarch64 build for many kernel cases (one cross-build and one qemu run for them all)."""
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import numpy as np
 from tvm import relax
 
 from qcompiler import kernels
-from qcompiler.targets import arm_int8 as A
+from qcompiler.targets.arm_cpu import arm_target
+from qcompiler.targets.kernels import arm as A
 
 from kernel_operands import dtype_range, operands
 
@@ -41,6 +42,7 @@ def conv_case(name, x_shape, w_shape, stride=(1, 1), padding=(0, 0), dilation=(1
     p = operands(rng, o, k, x_dtype, out_dtype, shift_kind, full_range)
     if bias is not None:
         p["bias"] = bias
+    options.setdefault("target", arm_target())
     func, consts = A.conv2d_requant_primfunc(x_shape, x_dtype, w, p["bias"], p["x_zp"], stride, padding, dilation, groups,
                                              p["mult"], p["shift"], p["out_zp"], p["lo"], p["hi"], out_dtype, **options)
     xs = _inputs(rng, x_shape, x_dtype)
@@ -62,6 +64,7 @@ def linear_case(name, x_shape, o, x_dtype="uint8", out_dtype="uint8", shift_kind
     k = x_shape[-1]
     w = rng.integers(-127, 128, (o, k)).astype(np.int8)
     p = operands(rng, o, k, x_dtype, out_dtype, shift_kind, full_range)
+    options.setdefault("target", arm_target())
     func, consts = A.linear_requant_primfunc(x_shape, x_dtype, w, p["bias"], p["x_zp"], p["mult"], p["shift"],
                                              p["out_zp"], p["lo"], p["hi"], out_dtype, **options)
     xs = _inputs(rng, x_shape, x_dtype)

@@ -1,4 +1,4 @@
-"""Random operands of an int8 kernel test (targets/x86_int8.py, targets/arm_int8.py): the
+"""Random operands of an int8 kernel test (targets/kernels/x86.py, targets/kernels/arm.py): the
 requantize parameters and ranges, with the shift mixes that select each epilogue."""
 import numpy as np
 

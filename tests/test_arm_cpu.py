@@ -168,6 +168,17 @@ def test_more_generated_models_are_bit_exact_on_arm(cases):
     check_generated_models_on_arm(cases)
 
 
+def test_the_runtime_records_which_kernel_each_conv_and_linear_got(every_op_arm):
+    qm, _, runtime = every_op_arm
+    weighted = {n.name for n in qm.program.graph.nodes
+                if str(n.target) in ("qcompiler.conv2d.default", "qcompiler.linear.default")}
+    choices = runtime.kernel_choices
+    assert set(choices) == weighted
+    assert all(c.kernel.startswith("arm ") and c.reason is None or c.kernel == "generic" and c.reason
+               for c in choices.values()), choices
+    assert {"arm sdot depthwise", "arm sdot dense"} <= {c.kernel for c in choices.values()}, choices
+
+
 def test_the_a53_variant_runs_on_a_cpu_without_dotprod(every_op_arm):
     """target="arm_cpu_a53": built for a Cortex-A53 (NEON only), run under qemu -cpu
     cortex-a53, equal to the interpreter; no dotprod instruction anywhere in the library."""
@@ -175,6 +186,7 @@ def test_the_a53_variant_runs_on_a_cpu_without_dotprod(every_op_arm):
     cm = qm.compile("arm_cpu_a53")
     assert cm.runtime.variant.qemu_cpu == "cortex-a53" and "dotprod" not in cm.runtime.variant.features
     assert_bit_exact(qm, cm.runtime, (x,), "a53")
+    assert {c.kernel for c in cm.runtime.kernel_choices.values()} == {"generic"}
     listing = subprocess.run(["aarch64-linux-gnu-objdump", "-d", str(cm.runtime.library)], capture_output=True,
                              text=True, check=True).stdout
     assert "\tsdot\t" not in listing and "\tudot\t" not in listing and "\tsmmla\t" not in listing

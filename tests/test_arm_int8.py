@@ -1,4 +1,4 @@
-"""targets/arm_int8.py: the sdot kernels against qcompiler.kernels, bit for bit, executed
+"""targets/kernels/arm.py: the sdot kernels against qcompiler.kernels, bit for bit, executed
 under qemu-aarch64 (one aarch64 build for all the cases).
 
 Covered: pointwise and im2col GEMMs (3×3 stride 1/2, asymmetric padding, dilation, groups,
@@ -18,8 +18,8 @@ pytest.importorskip("tvm")
 
 from arm_kernel_cases import build_cases, conv_case, linear_case, mismatches  # noqa: E402
 
-from qcompiler.targets import arm_int8 as A  # noqa: E402
-from qcompiler.targets.arm_cpu import ArmToolsError, build_arm  # noqa: E402
+from qcompiler.targets.arm_cpu import ArmToolsError, arm_target, build_arm  # noqa: E402
+from qcompiler.targets.kernels import arm as A  # noqa: E402
 
 
 def _cases():
@@ -34,6 +34,8 @@ def _cases():
         conv_case("pointwise chunks K=601", (1, 601, 7, 7), (37, 601, 1, 1), full_range=True),
         conv_case("pointwise tile 2x3", (1, 20, 9, 9), (11, 20, 1, 1), mo=2, nv=3, shift_kind="large"),
         conv_case("pointwise constant channel", (1, 16, 4, 5), (8, 16, 1, 1), weights=dead, bias=dead_bias),
+        conv_case("pointwise bias -2^31", (1, 16, 4, 5), (8, 16, 1, 1), weights=int32_floor_weights(),
+                  bias=int32_floor_bias()),
         conv_case("stem 3x3 s2 pad1", (1, 3, 17, 19), (8, 3, 3, 3), stride=(2, 2), padding=(1, 1)),
         conv_case("3x3 s2 same int8", (1, 3, 16, 16), (8, 3, 3, 3), stride=(2, 2), padding=(0, 1, 0, 1), x_dtype="int8"),
         conv_case("3x3 groups 2 mixed", (1, 8, 10, 10), (16, 4, 3, 3), padding=(1, 1), groups=2, shift_kind="mixed",
@@ -53,6 +55,20 @@ def _cases():
         linear_case("dense batch 3 int8 mixed", (3, 33), 18, x_dtype="int8", out_dtype="int8", shift_kind="mixed"),
         linear_case("dense 3-d input", (2, 3, 20), 9, full_range=True),
     ]
+
+
+def int32_floor_weights():
+    """A channel (2) with zero weights, whose folded bias is then exactly −2^31."""
+    w = np.random.default_rng(7).integers(-127, 128, (8, 16, 1, 1)).astype(np.int8)
+    w[2] = 0
+    return w
+
+
+def int32_floor_bias():
+    """−2^31 is an int32: accepted on arm as on x86 (the arm check once refused it)."""
+    bias = np.full(8, 1000)
+    bias[2] = -(2**31)
+    return bias
 
 
 @pytest.fixture(scope="module")
@@ -90,10 +106,10 @@ def test_hot_loops_hold_sdot(built):
 def test_unsupported_operands_fall_back_with_exactness_error():
     with pytest.raises(A.ExactnessError):
         A.conv2d_requant_primfunc((1, 4, 8, 8), "int16", np.ones((4, 4, 1, 1), np.int8), np.zeros(4), 0,
-                                  mult=[2**30] * 4, shift=[40] * 4)
+                                  mult=[2**30] * 4, shift=[40] * 4, target=arm_target())
     with pytest.raises(A.ExactnessError, match="no sdot window"):
         A.conv2d_requant_primfunc((1, 2, 40, 40), "uint8", np.ones((2, 1, 3, 3), np.int8), np.zeros(2), 0,
-                                  stride=(1, 11), groups=2, mult=[2**30] * 2, shift=[40] * 2)
+                                  stride=(1, 11), groups=2, mult=[2**30] * 2, shift=[40] * 2, target=arm_target())
 
 
 def test_kernels_refuse_a_target_without_dotprod():

@@ -99,7 +99,7 @@ def test_generic_conv_and_its_requantize_fuse_into_one_primfunc(every_op):
 
 
 def test_host_build_uses_our_kernels_for_every_conv_and_linear(every_op):
-    from qcompiler.targets.x86_int8 import kernel_info
+    from qcompiler.targets.kernels.relax_call import kernel_info
 
     qm, _, runtime = every_op
     kernels = [kernel_info(f) for f in runtime.mod.functions.values() if isinstance(f, tvm.tirx.PrimFunc)]
@@ -374,7 +374,7 @@ def test_fused_elementwise_kernels_are_vectorized_and_unchanged(every_op):
 def test_thread_count_is_planned_and_used(every_op):
     """compile_host(threads=n) tiles the conv kernels for n threads (output-channel splits)
     and runs on n threads; both builds equal the interpreter."""
-    from qcompiler.targets.x86_int8 import kernel_info
+    from qcompiler.targets.kernels.relax_call import kernel_info
 
     qm, x, _ = every_op
     splits = {}

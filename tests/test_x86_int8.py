@@ -1,4 +1,4 @@
-"""targets/x86_int8.py: the exact AVX2 int8 kernels against qcompiler.kernels, bit for bit.
+"""targets/kernels/x86.py: the exact AVX2 int8 kernels against qcompiler.kernels, bit for bit.
 
 Each case builds one kernel (about 0.1-0.3 s) for the host and runs it on random and on
 extreme operands: pointwise, im2col (3x3 s1/s2, padding, dilation, groups), depthwise
@@ -13,7 +13,8 @@ tvm = pytest.importorskip("tvm")
 
 from qcompiler import kernels  # noqa: E402
 from qcompiler.fixed_point import quantize_multipliers  # noqa: E402
-from qcompiler.targets import x86_int8 as K  # noqa: E402
+from qcompiler.targets.host import host_target  # noqa: E402
+from qcompiler.targets.kernels import x86 as K  # noqa: E402
 
 from kernel_operands import dtype_range, operands  # noqa: E402
 
@@ -21,7 +22,7 @@ from kernel_operands import dtype_range, operands  # noqa: E402
 @pytest.fixture(scope="module")
 def target():
     try:
-        return K.check_target(None)
+        return K.check_target(host_target())
     except ValueError as exc:
         pytest.skip(str(exc))
 
@@ -106,7 +107,7 @@ def test_u8s8_splits_exactly_the_pairs_that_could_saturate(target):
     when its same-sign magnitudes sum to at most 128 (255·128 fits int16, 255·129 does
     not); every other pair is split into two safe halves. At the boundary, with x = 255
     everywhere, the kernel is exact."""
-    from qcompiler.targets.x86_u8s8 import quad_entries
+    from qcompiler.targets.kernels.x86_u8s8 import quad_entries
 
     w = np.array([[64, 64, -64, -64, 65, 64, 0, 0, 127, -128, 0, 0]], np.int8)  # quads: safe, split, safe
     index, weights, offsets, _ = quad_entries(w, kb=8)
@@ -301,6 +302,32 @@ def test_saturated_bias_channels(target, kind, epilogue):
     _, out = _run(func, consts, x, ref.shape, "uint8", target)
     assert np.array_equal(out.numpy(), ref)
     assert kind == "dense" or (ref[:, 1] == 0).all() and (ref[:, 3] == 255).all()
+
+
+@pytest.mark.parametrize("kind", ["pointwise", "depthwise", "dense"])
+def test_a_bias_of_minus_2_31_is_exact_not_refused(target, kind):
+    """A folded bias of exactly −2^31 (a dead channel: zero weights) is a valid int32 start
+    of the accumulator: the kernel takes it (the arm kernels too, tests/test_arm_int8.py)."""
+    rng = np.random.default_rng(5)
+    o = c = 8
+    x_shape = {"pointwise": (1, c, 5, 6), "depthwise": (1, c, 7, 7), "dense": (2, c * 4)}[kind]
+    w_shape = {"pointwise": (o, c, 1, 1), "depthwise": (o, 1, 3, 3), "dense": (o, c * 4)}[kind]
+    w = rng.integers(-127, 128, w_shape).astype(np.int8)
+    w[2] = 0
+    bias = rng.integers(-5000, 5000, o)
+    bias[2] = -(2**31)
+    mult, shift = quantize_multipliers(rng.uniform(1e-4, 1e-3, o))
+    x = rng.integers(0, 256, x_shape).astype(np.uint8)
+    if kind == "dense":
+        func, consts = K.linear_requant_primfunc(x_shape, "uint8", w, bias, 0, mult, shift, 0, 0, 255, "uint8", target)
+        ref = kernels.linear(x, w, bias, 0, mult, shift, 0, 0, 255)
+    else:
+        groups = c if kind == "depthwise" else 1
+        func, consts = K.conv2d_requant_primfunc(x_shape, "uint8", w, bias, 0, (1, 1), (0, 0), (1, 1), groups, mult,
+                                                 shift, 0, 0, 255, "uint8", target)
+        ref = kernels.conv2d(x, w, bias, 0, (1, 1), (0, 0), (1, 1), groups, mult, shift, 0, 0, 255)
+    _, out = _run(func, consts, x, ref.shape, "uint8", target)
+    assert np.array_equal(out.numpy(), ref)
 
 
 def test_requant_bounds_outside_dtype_refused(target):

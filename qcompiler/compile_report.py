@@ -132,14 +132,17 @@ def _attach_times(rows: list[LayerRow], kernel_times: list[tuple[str, float]]) -
     return unmatched
 
 
-def attach_kernels(rows: list[LayerRow], choices: dict) -> None:
+def attach_kernels(rows: list[LayerRow], choices: Optional[dict]) -> None:
     """Give each layer the kernel its target chose (``runtime.kernel_choices``: node name ->
-    a choice with ``kernel`` and, for a fallback to the generic lowering, ``reason``)."""
+    a choice with ``kernel`` and, for a fallback to the generic lowering, ``reason``); a
+    layer the target has no kernel of ours for is "generic" (TVM's default kernels). A
+    runtime that records no choices (e.g. a loaded export) leaves the column empty."""
+    if not choices:
+        return
     for row in rows:
         choice = choices.get(row.node)
-        if choice is not None:
-            row.kernel = choice.kernel
-            row.fallback = choice.reason
+        row.kernel = choice.kernel if choice is not None else "generic"
+        row.fallback = choice.reason if choice is not None else None
 
 
 def compile_report(cm: Any, data: Any = None, repeats: int = 5) -> CompileReport:
@@ -149,7 +152,7 @@ def compile_report(cm: Any, data: Any = None, repeats: int = 5) -> CompileReport
     interpret(qm.program, *inputs, record=record)
     shapes = {k: tuple(np.shape(v)) for k, v in record.items()}
     rows = layer_rows(qm.program, shapes)
-    attach_kernels(rows, getattr(cm.runtime, "kernel_choices", None) or {})
+    attach_kernels(rows, getattr(cm.runtime, "kernel_choices", None))
     notes = []
     try:
         analysis = qm.analyze(data if data is not None else [inputs])

@@ -1,4 +1,4 @@
-"""Helpers for tests of targets/kernels/arm.py: operands, references from qcompiler.kernels, and
+"""Helpers for tests of targets/kernels/arm.py: operands, references from qcompiler.ops, and
 one aarch64 build for many kernel cases (one cross-build and one qemu run for them all)."""
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from tvm import relax
 
-from qcompiler import kernels
+from qcompiler.ops import conv2d as conv2d_op, linear as linear_op
 from qcompiler.targets.arm_cpu import arm_target
 from qcompiler.targets.kernels import arm as A
 
@@ -53,7 +53,7 @@ def conv_case(name, x_shape, w_shape, stride=(1, 1), padding=(0, 0), dilation=(1
             top, bottom, left, right = padding
             ref_x = np.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right)), constant_values=p["x_zp"])
             ref_padding = (0, 0)
-        refs.append(kernels.conv2d(ref_x, w, p["bias"], p["x_zp"], stride, ref_padding, dilation, groups, p["mult"],
+        refs.append(conv2d_op.reference(ref_x, w, p["bias"], p["x_zp"], stride, ref_padding, dilation, groups, p["mult"],
                                    p["shift"], p["out_zp"], p["lo"], p["hi"]).astype(out_dtype))
     return Case(name, func, consts, xs, refs, A.kernel_info(func))
 
@@ -68,7 +68,7 @@ def linear_case(name, x_shape, o, x_dtype="uint8", out_dtype="uint8", shift_kind
     func, consts = A.linear_requant_primfunc(x_shape, x_dtype, w, p["bias"], p["x_zp"], p["mult"], p["shift"],
                                              p["out_zp"], p["lo"], p["hi"], out_dtype, **options)
     xs = _inputs(rng, x_shape, x_dtype)
-    refs = [kernels.linear(x, w, p["bias"], p["x_zp"], p["mult"], p["shift"], p["out_zp"], p["lo"], p["hi"]).astype(out_dtype)
+    refs = [linear_op.reference(x, w, p["bias"], p["x_zp"], p["mult"], p["shift"], p["out_zp"], p["lo"], p["hi"]).astype(out_dtype)
             for x in xs]
     return Case(name, func, consts, xs, refs, A.kernel_info(func))
 

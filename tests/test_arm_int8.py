@@ -1,4 +1,4 @@
-"""targets/kernels/arm.py: the sdot kernels against qcompiler.kernels, bit for bit, executed
+"""targets/kernels/arm.py: the sdot kernels against the op references (qcompiler.ops), bit for bit, executed
 under qemu-aarch64 (one aarch64 build for all the cases).
 
 Covered: pointwise and im2col GEMMs (3×3 stride 1/2, asymmetric padding, dilation, groups,

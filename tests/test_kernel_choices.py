@@ -83,3 +83,21 @@ def test_arm_lowerings_record_the_sdot_kernels_and_the_generic_variant(quantized
         ["arm sdot gemm-conv (im2col)", "arm sdot depthwise", "arm sdot gemm-conv (pointwise)", "arm sdot dense"])
     assert set(generic) == set(choices) == set(_weighted_nodes(qm.program))
     assert all(c.is_fallback and "no dotprod" in c.reason for c in generic.values())
+
+
+def test_the_compile_report_shows_every_layers_kernel_and_why_a_layer_is_not_ours():
+    """cm.report(): our kernel for 8-bit convs; with 16-bit activations the generic
+    lowering, and the ExactnessError's text in the report's text."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 4, 1)).eval()
+    x = torch.randn(2, 3, 8, 8)
+    report = qcompiler.qcompile(model, x, progress=False).report()
+    kernels = {r.node: r.kernel for r in report.layers if r.op == "conv2d"}
+    assert sorted(kernels.values()) == ["x86 vpmaddwd gemm-conv (im2col)", "x86 vpmaddwd gemm-conv (pointwise)"] \
+        if host.host_has_avx2() else ["generic", "generic"]
+    assert all(r.fallback is None for r in report.layers) or not host.host_has_avx2()
+    wide = qcompiler.qcompile(model, x, progress=False, activation_bits=16).report()
+    text = str(wide)
+    for row in (r for r in wide.layers if r.op == "conv2d"):
+        assert row.kernel == "generic" and "only uint8/int8 are supported" in row.fallback
+        assert f"{row.node} (conv2d): generic, not our kernel, because: {row.fallback}" in text

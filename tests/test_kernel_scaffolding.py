@@ -5,7 +5,7 @@ import pytest
 
 pytest.importorskip("tvm")
 
-from qcompiler import kernels  # noqa: E402
+from qcompiler.ops import conv2d as conv2d_op, linear as linear_op  # noqa: E402
 from qcompiler.targets.intrinsics.registry import INTRINSICS, get_intrinsic, register_intrinsic  # noqa: E402
 from qcompiler.targets.kernels import arm_epilogue, x86_epilogue  # noqa: E402
 from qcompiler.targets.kernels.contract import ExactnessError, prepare_channels  # noqa: E402
@@ -26,7 +26,7 @@ def test_conv_geometry_matches_the_reference_conv(shape):
     pad4 = padding if len(padding) == 4 else (padding[0], padding[0], padding[1], padding[1])
     x = np.pad(x, ((0, 0), (0, 0), pad4[:2], pad4[2:]))
     w = np.ones(w_shape, np.int8)
-    ref = kernels.conv2d(x, w, np.zeros(w_shape[0], np.int64), 0, stride, (0, 0), dilation, groups, 2**30, 31, 0, 0, 255)
+    ref = conv2d_op.reference(x, w, np.zeros(w_shape[0], np.int64), 0, stride, (0, 0), dilation, groups, 2**30, 31, 0, 0, 255)
     assert ref.shape == (x_shape[0], w_shape[0], geom.out_height, geom.out_width)
     assert (geom.padded_height, geom.padded_width) == x.shape[2:]
 

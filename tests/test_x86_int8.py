@@ -1,4 +1,4 @@
-"""targets/kernels/x86.py: the exact AVX2 int8 kernels against qcompiler.kernels, bit for bit.
+"""targets/kernels/x86.py: the exact AVX2 int8 kernels against the op references (qcompiler.ops), bit for bit.
 
 Each case builds one kernel (about 0.1-0.3 s) for the host and runs it on random and on
 extreme operands: pointwise, im2col (3x3 s1/s2, padding, dilation, groups), depthwise
@@ -11,7 +11,7 @@ import pytest
 
 tvm = pytest.importorskip("tvm")
 
-from qcompiler import kernels  # noqa: E402
+from qcompiler.ops import conv2d as conv2d_op, linear as linear_op  # noqa: E402
 from qcompiler.fixed_point import quantize_multipliers  # noqa: E402
 from qcompiler.targets.host import host_target  # noqa: E402
 from qcompiler.targets.kernels import x86 as K  # noqa: E402
@@ -60,7 +60,7 @@ def _check_conv(target, x_shape, w_shape, stride=(1, 1), padding=(0, 0), dilatio
             top, bottom, left, right = padding
             ref_x = np.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right)), constant_values=p["x_zp"])
             ref_padding = (0, 0)
-        ref = kernels.conv2d(ref_x, w, p["bias"], p["x_zp"], stride, ref_padding, dilation, groups, p["mult"],
+        ref = conv2d_op.reference(ref_x, w, p["bias"], p["x_zp"], stride, ref_padding, dilation, groups, p["mult"],
                              p["shift"], p["out_zp"], p["lo"], p["hi"]).astype(out_dtype)
         out = tvm.runtime.tensor(np.zeros(ref.shape, out_dtype))
         ex(tvm.runtime.tensor(x), *[tvm.runtime.tensor(c) for c in consts], out)
@@ -119,7 +119,7 @@ def test_u8s8_splits_exactly_the_pairs_that_could_saturate(target):
         x = np.full(x_shape, 255, np.uint8)
         ww = (w.astype(np.int64) * sign).reshape(1, 12, 1, 1).clip(-128, 127).astype(np.int8)
         mult, shift = np.full(o, 2**30), np.full(o, 40)
-        ref = kernels.conv2d(x, ww, np.zeros(o), 0, (1, 1), (0, 0), (1, 1), 1, mult, shift, 0, 0, 255)
+        ref = conv2d_op.reference(x, ww, np.zeros(o), 0, (1, 1), (0, 0), (1, 1), 1, mult, shift, 0, 0, 255)
         func, consts = K.conv2d_requant_primfunc(x_shape, "uint8", ww, np.zeros(o), 0, (1, 1), (0, 0), (1, 1), 1, mult,
                                                  shift, 0, 0, 255, "uint8", target, u8s8=True)
         assert K.kernel_info(func)["kind"] == "pointwise_u8s8"
@@ -213,7 +213,7 @@ def test_dense(target, x_shape, o, x_dtype, out_dtype, shift_kind):
     ex = tvm.compile(func, target)
     for x in (rng.integers(xmin, xmax + 1, x_shape), np.full(x_shape, xmax), np.full(x_shape, xmin)):
         x = x.astype(x_dtype)
-        ref = kernels.linear(x, w, p["bias"], p["x_zp"], p["mult"], p["shift"], p["out_zp"], p["lo"], p["hi"])
+        ref = linear_op.reference(x, w, p["bias"], p["x_zp"], p["mult"], p["shift"], p["out_zp"], p["lo"], p["hi"])
         out = tvm.runtime.tensor(np.zeros(ref.shape, out_dtype))
         ex(tvm.runtime.tensor(x), *[tvm.runtime.tensor(c) for c in consts], out)
         assert np.array_equal(out.numpy(), ref)
@@ -236,7 +236,7 @@ def test_worst_case_accumulation(target, sign, u8s8):
     mult, shift = np.full(o, 2**31 - 1), np.full(o, 50)
     for x_val, x_zp in ((255, 0), (0, 255), (255, 255), (200, 3)):
         x = np.full(x_shape, x_val, np.uint8)
-        ref = kernels.conv2d(x, w, bias, x_zp, (1, 1), (0, 0), (1, 1), 1, mult, shift, 128, 0, 255)
+        ref = conv2d_op.reference(x, w, bias, x_zp, (1, 1), (0, 0), (1, 1), 1, mult, shift, 128, 0, 255)
         func, consts = K.conv2d_requant_primfunc(x_shape, "uint8", w, bias, x_zp, (1, 1), (0, 0), (1, 1), 1, mult, shift,
                                                  128, 0, 255, "uint8", target, u8s8=u8s8)
         _, out = _run(func, consts, x, ref.shape, "uint8", target)
@@ -253,7 +253,7 @@ def test_depthwise_extremes(target):
     mult, shift = np.full(c, 2**30 + 12345), np.full(c, 45)
     for x_val, x_zp in ((255, 0), (0, 255)):
         x = np.full(x_shape, x_val, np.uint8)
-        ref = kernels.conv2d(x, w, np.zeros(c), x_zp, (1, 1), (2, 2), (1, 1), c, mult, shift, 100, 0, 255)
+        ref = conv2d_op.reference(x, w, np.zeros(c), x_zp, (1, 1), (2, 2), (1, 1), c, mult, shift, 100, 0, 255)
         func, consts = K.conv2d_requant_primfunc(x_shape, "uint8", w, np.zeros(c), x_zp, (1, 1), (2, 2), (1, 1), c, mult,
                                                  shift, 100, 0, 255, "uint8", target)
         _, out = _run(func, consts, x, ref.shape, "uint8", target)
@@ -292,12 +292,12 @@ def test_saturated_bias_channels(target, kind, epilogue):
     if kind == "dense":
         func, consts = K.linear_requant_primfunc(x_shape, "uint8", w, bias, x_zp, mult, shift, out_zp, 0, 255, "uint8",
                                                  target)
-        ref = kernels.linear(x, w, bias, x_zp, mult, shift, out_zp, 0, 255)
+        ref = linear_op.reference(x, w, bias, x_zp, mult, shift, out_zp, 0, 255)
     else:
         groups = c if kind == "depthwise" else 1
         func, consts = K.conv2d_requant_primfunc(x_shape, "uint8", w, bias, x_zp, (1, 1), (0, 0), (1, 1), groups, mult,
                                                  shift, out_zp, 0, 255, "uint8", target)
-        ref = kernels.conv2d(x, w, bias, x_zp, (1, 1), (0, 0), (1, 1), groups, mult, shift, out_zp, 0, 255)
+        ref = conv2d_op.reference(x, w, bias, x_zp, (1, 1), (0, 0), (1, 1), groups, mult, shift, out_zp, 0, 255)
     assert K.kernel_info(func)["epilogue"] == epilogue
     _, out = _run(func, consts, x, ref.shape, "uint8", target)
     assert np.array_equal(out.numpy(), ref)
@@ -320,12 +320,12 @@ def test_a_bias_of_minus_2_31_is_exact_not_refused(target, kind):
     x = rng.integers(0, 256, x_shape).astype(np.uint8)
     if kind == "dense":
         func, consts = K.linear_requant_primfunc(x_shape, "uint8", w, bias, 0, mult, shift, 0, 0, 255, "uint8", target)
-        ref = kernels.linear(x, w, bias, 0, mult, shift, 0, 0, 255)
+        ref = linear_op.reference(x, w, bias, 0, mult, shift, 0, 0, 255)
     else:
         groups = c if kind == "depthwise" else 1
         func, consts = K.conv2d_requant_primfunc(x_shape, "uint8", w, bias, 0, (1, 1), (0, 0), (1, 1), groups, mult,
                                                  shift, 0, 0, 255, "uint8", target)
-        ref = kernels.conv2d(x, w, bias, 0, (1, 1), (0, 0), (1, 1), groups, mult, shift, 0, 0, 255)
+        ref = conv2d_op.reference(x, w, bias, 0, (1, 1), (0, 0), (1, 1), groups, mult, shift, 0, 0, 255)
     _, out = _run(func, consts, x, ref.shape, "uint8", target)
     assert np.array_equal(out.numpy(), ref)
 
@@ -368,7 +368,7 @@ def test_relax_call_tir_chain(target):
         bb.emit_func_output(y)
     vm = relax.VirtualMachine(tvm.compile(bb.get(), target), tvm.cpu())
     got = vm["main"](tvm.runtime.tensor(x)).numpy()
-    r = kernels.conv2d(x, w1, b1, 5, (1, 1), (0, 0), (1, 1), 1, m1, s1, 7, 0, 255)
-    r = kernels.conv2d(r, w2, b2, 7, (1, 1), (1, 1), (1, 1), 24, m1, s1, 9, 3, 250)
-    r = kernels.linear(r.reshape(1, -1), w3, b3, 9, m3, s3, 4, 0, 255)
+    r = conv2d_op.reference(x, w1, b1, 5, (1, 1), (0, 0), (1, 1), 1, m1, s1, 7, 0, 255)
+    r = conv2d_op.reference(r, w2, b2, 7, (1, 1), (1, 1), (1, 1), 24, m1, s1, 9, 3, 250)
+    r = linear_op.reference(r.reshape(1, -1), w3, b3, 9, m3, s3, 4, 0, 255)
     assert np.array_equal(got, r)

@@ -103,3 +103,37 @@ def test_upsample_index_tables_follow_torch_for_odd_sizes():
     grid = torch.arange(35, dtype=torch.float32).reshape(1, 1, 5, 7)
     expected = torch.nn.functional.interpolate(grid, size=(8, 11), mode="nearest")[0, 0]
     assert np.array_equal(grid[0, 0].numpy()[rows][:, cols], expected.numpy())
+
+
+def test_a_schema_torch_cannot_parse_is_refused_naming_the_op():
+    row = OpDef(name="test_bad_schema", doc="unknown type", schema="(Tensor a, Tensr b) -> Tensor", reference=np.add)
+    with pytest.raises(OpRegistryError, match=r"'test_bad_schema': torch.library cannot parse its schema"):
+        register_op(row)
+
+
+def test_a_layout_op_added_as_one_row_is_checked_by_name():
+    """aten.flip as a user's layout row (docs/custom-op.md): the codes are copied, so zero
+    steps from the simulation, and the host build is bit-exact."""
+    from qcompiler.ops.layout import layout_op
+
+    def flip(ctx, node, args, kwargs):
+        x = ctx.expr(args[0])
+        for d in args[1]:
+            x = ctx.emit(ctx.R.flip(x, d % ctx.ndim(x)))
+        return x
+
+    register_op(layout_op(aten.flip.default, lambda x, dims: np.flip(x, axis=tuple(dims)), flip), replace=True)
+
+    class Flipped(nn.Module):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(0)
+            self.a, self.b = nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(4, 2, 1)
+
+        def forward(self, x):
+            return self.b(torch.flip(self.a(x), dims=(1, 3)))
+
+    found = check_op(Flipped().eval(), (torch.randn(2, 3, 6, 7),), "aten.flip.default", targets=("host",), max_steps=1)
+    assert found.uses == 1 and found.exact_targets == ["host"]
+    with pytest.raises(AssertionError, match=r"no 'flip' node; its ops: \['aten.flip.default', 'conv2d'"):
+        check_op(Flipped().eval(), (torch.randn(2, 3, 6, 7),), "flip", targets=())

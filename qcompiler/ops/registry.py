@@ -193,7 +193,11 @@ def register_op(op: OpDef, replace: bool = False) -> OpDef:
     if problems:
         raise OpRegistryError(f"cannot register op {op.name!r}:\n" + "\n".join(f"  - {p}" for p in problems))
     if op.schema is not None and old is None:
-        _LIB.define(f"{op.name}{op.schema}")
+        try:
+            _LIB.define(f"{op.name}{op.schema}")
+        except RuntimeError as exc:
+            raise OpRegistryError(f"cannot register op {op.name!r}: torch.library cannot parse its schema "
+                                  f"{op.schema!r}:\n{exc}") from exc
         _LIB.impl(op.name, _torch_impl(op.name), "CPU")
     if old is not None:
         OPS[OPS.index(old)] = op

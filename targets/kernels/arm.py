@@ -2,7 +2,7 @@
 +dotprod: Cortex-A55/A76 and later; ``smmla`` GEMMs with i8mm): conv2d (pointwise,
 im2col), depthwise conv2d and linear, each fused with the fixed-point requantize of
 ``qcompiler/fixed_point.py``, as TVM 0.27 TIR PrimFuncs for ``relax.call_tir``. Bit-exact
-with ``qcompiler.kernels.conv2d`` / ``linear`` (tests/test_arm_int8.py runs them under qemu).
+with the op references ``qcompiler.ops.conv2d`` / ``linear`` (tests/test_arm_int8.py runs them under qemu).
 
 API: the same as ``kernels/x86.py``'s, so that a target lowers with either. Activations
 stay NCHW between ops; each kernel packs what it reads. ``ExactnessError`` means "keep the

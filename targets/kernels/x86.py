@@ -1,7 +1,7 @@
 """Exact, fast int8 kernels for the x86 host (AVX2 + FMA, no AVX-512, no VNNI): conv2d,
 depthwise conv2d and linear, each fused with the fixed-point requantize of
 ``qcompiler/fixed_point.py``, as TVM 0.27 TIR PrimFuncs for ``relax.call_tir``. Bit-exact
-with ``qcompiler.kernels.conv2d`` / ``linear`` (tests/test_x86_int8.py).
+with the op references ``qcompiler.ops.conv2d`` / ``linear`` (tests/test_x86_int8.py).
 
 API (the same as ``kernels/arm.py``'s, so that a target lowers with either)
     func, consts = conv2d_requant_primfunc(x_shape, x_dtype, w, bias, x_zp, stride, padding,

@@ -29,13 +29,12 @@ from .errors import ConversionError
 from .fixed_point import quantize_multiplier, quantize_values
 from .graph import get_tensor, node_label
 from .ops import ACTIVATION, PASSTHROUGH, IntValue, Match, QParams, op_kind, qc, rules_for, source_of
-from .ops.requantize import BOUNDS
+from .ops.weighted import WEIGHT_DQ_OPS
 
 aten = torch.ops.aten
 qd = torch.ops.quantized_decomposed
 Q_OPS = {qd.quantize_per_tensor.default}
 DQ_OPS = {qd.dequantize_per_tensor.default}
-WEIGHT_DQ_OPS = {qd.dequantize_per_channel.default, qd.dequantize_per_tensor.default}
 
 __all__ = ["to_integer_program", "ConversionError", "IntValue"]
 
@@ -134,7 +133,7 @@ class _Converter:
                 a = [self.tensor(b).double().reshape(-1).numpy() if isinstance(b, fx.Node) else None
                      for b in (act.args[1] if len(act.args) > 1 else None, act.args[2] if len(act.args) > 2 else None)]
             else:
-                a = list(BOUNDS[act.target](act))
+                a = list(source_of(act.target).bounds(act))
             a_lo = np.full(channels, -np.inf) if a[0] is None else np.broadcast_to(np.asarray(a[0], dtype=np.float64), (channels,))
             a_hi = np.full(channels, np.inf) if a[1] is None else np.broadcast_to(np.asarray(a[1], dtype=np.float64), (channels,))
             lo, hi = np.clip(lo, a_lo, a_hi), np.clip(hi, a_lo, a_hi)

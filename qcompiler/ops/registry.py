@@ -292,26 +292,24 @@ def arg_check(node: fx.Node) -> str:
     return source.check(node) if source is not None and source.check is not None else ""
 
 
-def sources_with(attribute: str) -> dict[Any, Callable]:
-    """{ATen op: its Source's ``attribute``} over every source that has one (e.g. "bounds")."""
-    return {t: getattr(s, attribute) for op in OPS for t, s in op.sources.items() if getattr(s, attribute) is not None}
-
-
 class SourceView(Mapping):
-    """A live read-only view {ATen op: Source attribute} of the registry (for code that
-    reads a table, e.g. ``CLAMP_BOUNDS[node.target](node)``)."""
+    """A live read-only view {ATen op: its Source's ``attribute``} of the registry's sources
+    that have one (for code that reads a table, e.g. ``CLAMP_BOUNDS[node.target](node)``)."""
 
     def __init__(self, attribute: str):
         self.attribute = attribute
 
     def __getitem__(self, target: Any) -> Callable:
-        return sources_with(self.attribute)[target]
+        value = getattr(_SOURCES[target], self.attribute)
+        if value is None:
+            raise KeyError(target)
+        return value
 
     def __iter__(self) -> Iterator:
-        return iter(sources_with(self.attribute))
+        return (t for t, source in _SOURCES.items() if getattr(source, self.attribute) is not None)
 
     def __len__(self) -> int:
-        return len(sources_with(self.attribute))
+        return sum(1 for _ in self)
 
 
 def op_name(target: Any) -> str:

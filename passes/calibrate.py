@@ -2,7 +2,6 @@
 and turn the observers into quantize→dequantize pairs (the simulation)."""
 from __future__ import annotations
 
-import math
 from typing import Any, Iterable, Optional
 
 import torch
@@ -16,7 +15,7 @@ from qcompiler.layers import quant_layers
 from qcompiler.observers import ActivationObserver, CalibrationError
 from qcompiler.pass_manager import Pass, PassContext, PassResult, Problem, register_pass
 from qcompiler.progress import bar
-from qcompiler.scheme import QuantSpec
+from qcompiler.qparams import QuantParams, insert_quantizer, is_quantize, read_qparams
 
 qd = torch.ops.quantized_decomposed
 
@@ -167,12 +166,15 @@ class Calibrate(Pass):
         if meta.QPARAMS not in gm.meta:
             problems.append(Problem(f"gm.meta['{meta.QPARAMS}'] is not set", "report this as a bug in calibrate"))
         for node in gm.graph.nodes:
-            if node.target != qd.quantize_per_tensor.default:
+            if not is_quantize(node):
                 continue
-            scale, zp, qmin, qmax = node.args[1:5]
-            if not (isinstance(scale, float) and math.isfinite(scale) and scale > 0 and qmin <= zp <= qmax):
-                problems.append(Problem(f"quantizer '{node.name}' has scale {scale!r}, zero point {zp!r} outside a valid "
-                                        f"range for [{qmin}, {qmax}]", "check the calibration data for inf/nan values"))
+            p = read_qparams(gm, node)
+            scale, zp = p.scale.double(), p.zero_point
+            if not (bool(torch.isfinite(scale).all()) and bool((scale > 0).all())
+                    and bool(((p.qmin <= zp) & (zp <= p.qmax)).all())):
+                problems.append(Problem(f"quantizer '{node.name}' has scale {scale.tolist()}, zero point {zp.tolist()} "
+                                        f"outside a valid range for [{p.qmin}, {p.qmax}]",
+                                        "check the calibration data for inf/nan values"))
         for layer in quant_layers(gm):
             bias = layer.node.args[2] if len(layer.node.args) > 2 else None
             if is_constant(bias):
@@ -180,40 +182,47 @@ class Calibrate(Pass):
         return problems
 
 
-def convert_observers(gm: fx.GraphModule) -> dict[str, tuple[float, int, QuantSpec]]:
-    """Replace observer/shared-quantizer call_module nodes by Q→DQ pairs. Returns
-    {quantized value's node name: (scale, zero point, spec)}, also kept in gm.meta[meta.QPARAMS]."""
+def convert_observers(gm: fx.GraphModule) -> dict[str, QuantParams]:
+    """Replace observer/shared-quantizer call_module nodes by Q→DQ pairs whose parameters
+    are buffers of ``gm`` (``qcompiler.qparams``; a shared quantizer reads its source's
+    buffers). Returns {quantized value's node name: QuantParams}, also kept in
+    gm.meta[meta.QPARAMS]."""
     mods = dict(gm.named_children())
-    by_module: dict[str, tuple[float, int, QuantSpec]] = {}
+    chosen: dict[str, QuantParams] = {}
     for name, m in mods.items():
         if isinstance(m, ActivationObserver):
             if not m.observed:
                 raise CalibrationError(f"calibration: node '{m.node_name}' saw no data (is it on a path the inputs reach?)")
-            by_module[name] = (*m.qparams(), m.spec)
+            chosen[name] = m
+    quantizer_of: dict[str, fx.Node] = {}  # observer module -> the first quantize node reading its parameters
     result = {}
     for node in list(gm.graph.nodes):
         if node.op != "call_module" or not node.target.startswith(meta.OBSERVER_PREFIX):
             continue
-        m = mods[node.target]
-        params = by_module[node.target] if isinstance(m, ActivationObserver) else by_module[m.source]
-        by_module[node.target] = params
-        scale, zp, spec = params
         value = node.args[0]
-        with gm.graph.inserting_after(node):
-            q = gm.graph.call_function(qd.quantize_per_tensor.default, (value, scale, zp, spec.qmin, spec.qmax, spec.dtype))
-        with gm.graph.inserting_after(q):
-            dq = gm.graph.call_function(qd.dequantize_per_tensor.default, (q, scale, zp, spec.qmin, spec.qmax, spec.dtype))
+        root = node.target  # the observer whose parameters this quantizer uses (shared quantizers chain to it)
+        while not isinstance(mods[root], ActivationObserver):
+            root = mods[root].source
+        observer, shared = mods[root], quantizer_of.get(root)
+        params = observer.quant_params(_rank(value)) if shared is None else result[shared.args[0].name]
+        q, dq = insert_quantizer(gm, value, params, f"{value.name}_act", before=node, shared=shared)
+        quantizer_of.setdefault(root, q)
         dq.meta[meta.VAL] = node.meta.get(meta.VAL)
-        q.meta[meta.SPEC] = spec
+        q.meta[meta.SPEC] = observer.spec
         node.replace_all_uses_with(dq)
         gm.graph.erase_node(node)
         result[value.name] = params
-    for name in by_module:
+    for name in chosen:
         if hasattr(gm, name):
             delattr(gm, name)
     gm.meta[meta.QPARAMS] = result
     quantize_biases(gm)
     return result
+
+
+def _rank(value: fx.Node) -> Optional[int]:
+    val = value.meta.get(meta.VAL)
+    return val.dim() if isinstance(val, torch.Tensor) else None
 
 
 def quantize_biases(gm: fx.GraphModule) -> int:
@@ -229,8 +238,9 @@ def quantize_biases(gm: fx.GraphModule) -> int:
         if bias_node is None or layer.bias_dq is not None or bias_node.op != "get_attr":
             continue
         b = get_tensor(gm, bias_node).double()
-        scales = float(x.args[1]) * w_scales
-        b_int = torch.from_numpy(quantize_bias(b.numpy(), float(x.args[1]), w_scales.numpy())).to(torch.int32)
+        x_scale = layer.input_scale(gm)
+        scales = x_scale * w_scales
+        b_int = torch.from_numpy(quantize_bias(b.numpy(), x_scale, w_scales.numpy())).to(torch.int32)
         q_node = add_constant(gm, f"{node.name}_bias_int", b_int, before=node)
         s_node = add_constant(gm, f"{node.name}_bias_scale", scales, before=node)
         z_node = add_constant(gm, f"{node.name}_bias_zp", torch.zeros(channels, dtype=torch.int64), before=node)

@@ -16,12 +16,10 @@ from qcompiler import meta
 from qcompiler.errors import QCompilerError, did_you_mean
 from qcompiler.graph import add_constant, aten, get_tensor, layer_view, node_label, single_user
 from qcompiler.observers import ActivationObserver, weight_qparams
+from qcompiler.qparams import DEQUANTIZE_OPS, QUANTIZE_OPS, QuantParams, insert_dequantize
 from qcompiler.pass_manager import Pass, PassContext, PassResult, Problem, register_pass
 from qcompiler.ops import ACTIVATION, OWN, PASSTHROUGH, SHARED, WEIGHTED, arg_check, fuses_activations, op_kind, op_name
 from qcompiler.scheme import QuantScheme, QuantSpec, host_scheme
-
-qd = torch.ops.quantized_decomposed
-
 
 class UnsupportedOpError(QCompilerError):
     """Ops with no integer form that the scheme does not let fall back to float."""
@@ -66,8 +64,7 @@ class SharedQuantizer(torch.nn.Module):
         return f"source={self.source}"
 
 
-_QDQ_OPS = {qd.quantize_per_tensor.default, qd.dequantize_per_tensor.default, qd.quantize_per_channel.default,
-            qd.dequantize_per_channel.default}
+_QDQ_OPS = set(QUANTIZE_OPS + DEQUANTIZE_OPS)
 
 
 def is_float_tensor(node: Any) -> bool:
@@ -296,29 +293,32 @@ def _chain(start: fx.Node, end: fx.Node) -> list[fx.Node]:
     return chain
 
 
+def weight_params(w: torch.Tensor, scales: torch.Tensor, zps: torch.Tensor, spec: QuantSpec) -> QuantParams:
+    """A weight's quantizer parameters (``weight_qparams``' scales) along ``spec.axis``."""
+    axis = None if spec.granularity == "tensor" else spec.axis % w.dim()
+    group = spec.group_size if spec.granularity == "group" else 1
+    return QuantParams(scales, zps, spec.qmin, spec.qmax, spec.dtype, axis=axis, group_size=group)
+
+
 def quantize_weight(w: torch.Tensor, scales: torch.Tensor, zps: torch.Tensor, spec: QuantSpec) -> torch.Tensor:
-    """Integer weights, rounded to nearest (half to even) along ``spec.axis``."""
+    """Integer weights, rounded to nearest (half to even) along ``spec.axis`` (groups
+    expanded to their channels)."""
+    params = weight_params(w, scales, zps, spec)
     shape = [1] * w.dim()
-    if scales.numel() > 1:
-        shape[spec.axis] = -1
-    s = scales.reshape(shape).to(w.dtype)
-    z = zps.reshape(shape).to(w.dtype)
+    if params.per_tensor:
+        s, z = scales, zps
+    else:
+        shape[params.axis] = -1
+        s, z = params.channel_scales(w.shape[params.axis])
+    s = s.reshape(shape).to(w.dtype)
+    z = z.reshape(shape).to(w.dtype)
     return torch.clamp(torch.round(w * (1.0 / s)) + z, spec.qmin, spec.qmax).to(spec.dtype)
 
 
 def _replace_weight(gm: fx.GraphModule, node: fx.Node, q: torch.Tensor, scales: torch.Tensor, zps: torch.Tensor,
                     spec: QuantSpec, float_weight: torch.Tensor) -> None:
     q_node = add_constant(gm, f"{node.name}_weight_int", q, before=node)
-    with gm.graph.inserting_before(node):
-        if spec.granularity == "tensor":
-            dq = gm.graph.call_function(qd.dequantize_per_tensor.default,
-                                        (q_node, float(scales[0]), int(zps[0]), spec.qmin, spec.qmax, spec.dtype))
-        else:
-            s_node = add_constant(gm, f"{node.name}_weight_scale", scales, before=node)
-            z_node = add_constant(gm, f"{node.name}_weight_zp", zps, before=node)
-            with gm.graph.inserting_before(node):
-                dq = gm.graph.call_function(qd.dequantize_per_channel.default,
-                                            (q_node, s_node, z_node, spec.axis, spec.qmin, spec.qmax, spec.dtype))
+    dq = insert_dequantize(gm, q_node, weight_params(float_weight, scales, zps, spec), f"{node.name}_weight", before=node)
     dq.meta[meta.VAL] = float_weight
     old = node.args[1]
     node.replace_input_with(old, dq)

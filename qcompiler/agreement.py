@@ -14,8 +14,8 @@ import torch.fx as fx
 
 from . import meta
 from .interpreter import interpret
+from .qparams import is_quantize
 
-Q_TARGET = torch.ops.quantized_decomposed.quantize_per_tensor.default
 
 
 @dataclass
@@ -38,7 +38,7 @@ def simulation_codes(sim: fx.GraphModule, inputs: tuple) -> dict[str, np.ndarray
     class Recorder(fx.Interpreter):
         def run_node(self, n):
             out = super().run_node(n)
-            if n.op == "call_function" and n.target == Q_TARGET:
+            if is_quantize(n):
                 codes[n.name] = out.detach().numpy().astype(np.int64)
             return out
 

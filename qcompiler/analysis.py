@@ -19,8 +19,7 @@ from . import meta
 from .activations import record
 from .progress import bar
 from .ops import ACTIVATION, op_kind
-
-qd = torch.ops.quantized_decomposed
+from .qparams import is_qdq_pair, is_quantize
 
 
 @dataclass
@@ -63,7 +62,7 @@ class _LocalInterpreter(fx.Interpreter):
         self.local: dict[str, torch.Tensor] = {}
 
     def run_node(self, n):
-        if n.op == "call_function" and n.target == qd.dequantize_per_tensor.default and n.args[0].target == qd.quantize_per_tensor.default:
+        if is_qdq_pair(n):
             self.local[n.args[0].name] = super().run_node(n)
             return self.float_values[n.args[0].args[0].name]
         return super().run_node(n)
@@ -73,7 +72,7 @@ def _base(q: fx.Node) -> tuple[fx.Node, list[str]]:
     """The op that computes a quantized value, and the fused activations after it."""
     base, acts = q.args[0], []
     while isinstance(base, fx.Node) and op_kind(base.target) == ACTIVATION and isinstance(base.args[0], fx.Node) \
-            and base.args[0].target != qd.dequantize_per_tensor.default:
+            and not is_qdq_pair(base.args[0]):
         acts.append(base.name)
         base = base.args[0]
     return base, acts
@@ -101,7 +100,7 @@ def analyze(sim: fx.GraphModule, float_graph: fx.GraphModule, batches: Iterable[
             progress: Optional[bool] = None) -> Analysis:
     """Per quantized value of ``sim``: local and cumulative SQNR against ``float_graph``.
     ``progress``: a bar over the batches (qcompiler.progress)."""
-    qs = [n for n in sim.graph.nodes if n.op == "call_function" and n.target == qd.quantize_per_tensor.default]
+    qs = [n for n in sim.graph.nodes if is_quantize(n)]
     float_nodes = {n.name: n for n in float_graph.graph.nodes}
     qs = [q for q in qs if q.args[0].name in float_nodes]
     names = sorted({q.args[0].name for q in qs})

@@ -4,22 +4,22 @@ next to the library, so a runtime on the device (or another tool) can quantize i
 read outputs the way the program does.
 
     {"activations": {value: {"scale", "zero_point", "bits", "dtype", "qmin", "qmax"}},
-     "weights":     {layer: {"scales": [...], "zero_points": [...], "axis", "bits", "dtype", "qmin", "qmax"}},
-     "biases":      {layer: {"scales": [...], "zero_points": [...], "axis", "bits": 32, "dtype": "int32", ...}}}
+     "weights":     {layer: {"scales": [...], "zero_points": [...], "axis", "granularity", "group_size",
+                             "bits", "dtype", "qmin", "qmax"}},
+     "biases":      {layer: {"scales": [...], "zero_points": [...], "axis", ..., "bits": 32, "dtype": "int32"}}}
+
+A value quantized per channel or per group lists its activation encoding the way weights
+are listed (one scale per tensor, channel or group along ``axis``; ``group_size`` indices
+per group).
 """
 from __future__ import annotations
 
 import math
 from typing import Any
 
-import torch
 import torch.fx as fx
 
-from .graph import get_tensor
-
-qd = torch.ops.quantized_decomposed
-PER_TENSOR = {qd.quantize_per_tensor.default, qd.dequantize_per_tensor.default}
-PER_CHANNEL_DQ = qd.dequantize_per_channel.default
+from .qparams import QuantParams, is_dequantize, is_quantize, read_qparams
 
 
 def _bits(qmin: int, qmax: int) -> int:
@@ -30,36 +30,36 @@ def _dtype_name(dtype: Any) -> str:
     return str(dtype).replace("torch.", "")
 
 
-def _as_list(gm: fx.GraphModule, value: Any) -> list:
-    if isinstance(value, fx.Node):
-        return get_tensor(gm, value).flatten().tolist()
-    return [value]
+def _range(p: QuantParams) -> dict:
+    return {"bits": _bits(p.qmin, p.qmax), "dtype": _dtype_name(p.dtype), "qmin": p.qmin, "qmax": p.qmax}
 
 
-def _constant_encoding(gm: fx.GraphModule, dq: fx.Node) -> dict:
-    """The encoding of a dequantized constant (weight or bias)."""
-    if dq.target == PER_CHANNEL_DQ:
-        _, scales, zps, axis, qmin, qmax, dtype = dq.args[:7]
-    else:
-        _, scales, zps, qmin, qmax, dtype = dq.args[:6]
-        axis = None
-    return {"scales": _as_list(gm, scales), "zero_points": [int(z) for z in _as_list(gm, zps)], "axis": axis,
-            "bits": _bits(int(qmin), int(qmax)), "dtype": _dtype_name(dtype), "qmin": int(qmin), "qmax": int(qmax)}
+def _listed(p: QuantParams) -> dict:
+    """Scales and zero points as lists, one per tensor, channel or group along ``axis``."""
+    return {"scales": p.scale.double().tolist(), "zero_points": p.zero_point.tolist(), "axis": p.axis,
+            "granularity": p.granularity, "group_size": p.group_size, **_range(p)}
+
+
+def activation_encoding(p: QuantParams) -> dict:
+    """Per tensor: {"scale", "zero_point", ...}; per channel or group: the listed form."""
+    if p.per_tensor:
+        scale, zp = p.scalar()
+        return {"scale": scale, "zero_point": zp, **_range(p)}
+    return _listed(p)
 
 
 def encodings(graph: fx.GraphModule) -> dict[str, dict]:
     """Every quantized tensor of the quantized graph ``graph``: activations by the name of
-    the value they quantize, weights and biases by the name of the layer that uses them."""
+    the value they quantize, weights and biases by the name of the layer that uses them.
+    Parameters are read with ``qcompiler.qparams.read_qparams``, as the simulation and the
+    integer conversion read them."""
     result: dict[str, dict] = {"activations": {}, "weights": {}, "biases": {}}
     for node in graph.graph.nodes:
-        if node.op != "call_function":
-            continue
-        if node.target == qd.quantize_per_tensor.default:
-            value, scale, zp, qmin, qmax, dtype = node.args[:6]
+        if is_quantize(node):
+            value = node.args[0]
             name = value.name if isinstance(value, fx.Node) else node.name
-            result["activations"][name] = {"scale": float(scale), "zero_point": int(zp), "bits": _bits(qmin, qmax),
-                                           "dtype": _dtype_name(dtype), "qmin": int(qmin), "qmax": int(qmax)}
-        elif node.target in (PER_CHANNEL_DQ, qd.dequantize_per_tensor.default):
+            result["activations"][name] = activation_encoding(read_qparams(graph, node))
+        elif is_dequantize(node):
             source = node.args[0]
             if not (isinstance(source, fx.Node) and source.op == "get_attr"):
                 continue
@@ -67,5 +67,5 @@ def encodings(graph: fx.GraphModule) -> dict[str, dict]:
                 position = user.args.index(node) if node in user.args else None
                 kind = {1: "weights", 2: "biases"}.get(position)
                 if kind is not None:
-                    result[kind][user.name] = _constant_encoding(graph, node)
+                    result[kind][user.name] = _listed(read_qparams(graph, node))
     return result

@@ -69,11 +69,12 @@ def _owner_and_name(gm: fx.GraphModule, target: str) -> tuple[torch.nn.Module, s
     return owner, name
 
 
-def set_tensor(gm: fx.GraphModule, target: str, value: torch.Tensor) -> None:
+def set_tensor(gm: fx.GraphModule, target: str, value: torch.Tensor, keep_dtype: bool = False) -> None:
     """Bind ``target`` to a new tensor (never writes into the old one, which may be shared
-    with the user's model or with another node)."""
+    with the user's model or with another node). Floating tensors are stored as float32
+    unless ``keep_dtype`` (a float64 quantization scale keeps its exact value)."""
     owner, name = _owner_and_name(gm, target)
-    value = value.detach().to(torch.float32) if value.is_floating_point() else value.detach()
+    value = value.detach().to(torch.float32) if value.is_floating_point() and not keep_dtype else value.detach()
     if name in owner._parameters:
         del owner._parameters[name]
     if name in owner._buffers:
@@ -81,20 +82,37 @@ def set_tensor(gm: fx.GraphModule, target: str, value: torch.Tensor) -> None:
     owner.register_buffer(name, value.contiguous().clone())
 
 
-def add_constant(gm: fx.GraphModule, name_hint: str, value: torch.Tensor, before: fx.Node) -> fx.Node:
-    """Register ``value`` as a new buffer of ``gm`` and return a get_attr node for it,
-    inserted before ``before``."""
+def add_constant(gm: fx.GraphModule, name_hint: str, value: torch.Tensor, before: fx.Node,
+                 keep_dtype: bool = False) -> fx.Node:
+    """Register ``value`` as a new buffer of ``gm`` (float32 if floating, unless
+    ``keep_dtype``) and return a get_attr node for it, inserted before ``before``."""
     base = re.sub(r"[^0-9a-zA-Z_]", "_", name_hint) or "const"
     target, i = base, 0
     existing = {n for n, _ in gm.named_buffers()} | {n for n, _ in gm.named_parameters()}
     while target in existing or hasattr(gm, target):
         i += 1
         target = f"{base}_{i}"
-    set_tensor(gm, target, value)
+    set_tensor(gm, target, value, keep_dtype)
     with gm.graph.inserting_before(before):
         node = gm.graph.get_attr(target)
     node.meta[meta.VAL] = value
     return node
+
+
+def run_on_constants(gm: fx.GraphModule, node: fx.Node) -> Any:
+    """The value of a call_function ``node`` whose inputs are constants of ``gm`` (get_attr
+    nodes) or other such nodes, computed with torch (e.g. a weight's dequantize). Raises
+    GraphError naming the first input that is not computed from constants."""
+    def value(arg: fx.Node) -> Any:
+        if arg.op == "get_attr":
+            return get_tensor(gm, arg)
+        if arg.op == "call_function":
+            return run_on_constants(gm, arg)
+        raise GraphError(f"{node_label(arg)} is not computed from constants (an input of {node_label(node)})")
+
+    args = fx.node.map_arg(node.args, value)
+    kwargs = fx.node.map_arg(node.kwargs, value)
+    return node.target(*args, **kwargs)
 
 
 def tensor_arg(gm: fx.GraphModule, node: fx.Node, index: int) -> Optional[torch.Tensor]:

@@ -29,12 +29,9 @@ from .errors import ConversionError
 from .fixed_point import quantize_multiplier, quantize_values
 from .graph import get_tensor, node_label
 from .ops import ACTIVATION, PASSTHROUGH, IntValue, Match, QParams, op_kind, qc, rules_for, source_of
-from .ops.weighted import WEIGHT_DQ_OPS
+from .qparams import QuantParamsError, is_dequantize, is_quantize, read_qparams
 
 aten = torch.ops.aten
-qd = torch.ops.quantized_decomposed
-Q_OPS = {qd.quantize_per_tensor.default}
-DQ_OPS = {qd.dequantize_per_tensor.default}
 
 __all__ = ["to_integer_program", "ConversionError", "IntValue"]
 
@@ -161,17 +158,17 @@ class _Converter:
                 raise ConversionError(f"node {node_label(node)} ({node.op}) cannot be converted")
         program = fx.GraphModule(self.root, self.graph)
         program.meta[meta.INPUTS] = {n.name: (iv.scale, iv.zp, iv.qmin, iv.qmax, iv.dtype)
-                                     for n, iv in self.ints.items() if n.args and n.args[0] in self.values and n.target in Q_OPS}
+                                     for n, iv in self.ints.items() if n.args and n.args[0] in self.values and is_quantize(n)}
         return program
 
     def visit(self, node: fx.Node) -> None:
         t = node.target
-        if t in Q_OPS:
+        if is_quantize(node):
             self.quantize(node)
-        elif t in DQ_OPS:
+        elif is_dequantize(node) and isinstance(node.args[0], fx.Node) and node.args[0].op == "get_attr":
+            return  # weights and biases: read by the layer that uses them
+        elif is_dequantize(node):
             self.ints[node] = self.int_of(node.args[0], node)
-        elif t in WEIGHT_DQ_OPS:
-            return  # weights: read by the layer that uses them
         elif t == aten.sym_size.int:
             src = node.args[0]
             tensor = self.ints[src].node if src in self.ints else self.float_of(src)
@@ -193,8 +190,13 @@ class _Converter:
         return self.emit_for(node, node.target, args)
 
     def quantize(self, q: fx.Node) -> None:
-        src, scale, zp, qmin, qmax, dtype = q.args
-        out = QParams(float(scale), int(zp), int(qmin), int(qmax), dtype)
+        params = read_qparams(self.sim, q)
+        try:
+            scale, zp = params.scalar(node_label(q))
+        except QuantParamsError as e:
+            raise ConversionError(str(e)) from None
+        src, dtype = q.args[0], params.dtype
+        out = QParams(scale, zp, params.qmin, params.qmax, dtype)
         if src in self.values or (isinstance(src, fx.Node) and src.op == "get_attr"):  # a float value: an edge quantizer
             new = self.emit_for(q, qc.quantize.default, (self.float_of(src), out.scale, out.zp, out.qmin, out.qmax, dtype),
                                 f"{src.name}_quantize")

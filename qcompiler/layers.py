@@ -10,8 +10,9 @@ import torch
 import torch.fx as fx
 
 from . import meta
-from .graph import get_tensor, set_tensor, single_user
+from .graph import get_tensor, run_on_constants, set_tensor, single_user
 from .ops import ACTIVATION, PASSTHROUGH, op_kind
+from .qparams import QuantParams, QuantParamsError, is_dequantize, is_qdq_pair, is_quantize, read_qparams
 from .scheme import QuantSpec
 
 qd = torch.ops.quantized_decomposed
@@ -19,10 +20,11 @@ aten = torch.ops.aten
 
 
 def quantized_source(value) -> Optional[fx.Node]:
-    """The dequantize a value comes from, looking through ops that pass integer values
-    through unchanged (zero padding, layout ops, max pooling); None if it is not quantized."""
+    """The dequantize of an activation a value comes from, looking through ops that pass
+    integer values through unchanged (zero padding, layout ops, max pooling); None if it is
+    not quantized."""
     while isinstance(value, fx.Node):
-        if value.target == qd.dequantize_per_tensor.default:
+        if is_qdq_pair(value):
             return value
         if value.op != "call_function" or op_kind(value.target) != PASSTHROUGH or not value.args:
             return None
@@ -48,17 +50,24 @@ class QuantLayer:
         """The last float node before the output quantizer (the layer or its last activation)."""
         return self.activations[-1] if self.activations else self.node
 
-    @property
-    def input_scale(self) -> float:
-        return float(self.input_dq.args[1])
+    def input_scale(self, gm: fx.GraphModule) -> float:
+        """The input's per-tensor scale (QuantParamsError if it is quantized otherwise)."""
+        return read_qparams(gm, self.input_dq).scalar(f"the input of layer '{self.name}'")[0]
+
+    def weight_params(self, gm: fx.GraphModule) -> QuantParams:
+        return read_qparams(gm, self.weight_dq)
 
     def weight_int(self, gm: fx.GraphModule) -> torch.Tensor:
         return get_tensor(gm, self.weight_dq.args[0])
 
     def weight_scales(self, gm: fx.GraphModule) -> torch.Tensor:
-        if self.weight_dq.target == qd.dequantize_per_channel.default:
-            return get_tensor(gm, self.weight_dq.args[1]).double()
-        return torch.full((self.weight_int(gm).shape[0],), float(self.weight_dq.args[1]), dtype=torch.float64)
+        """float64 (out channels,): one scale per output channel (expanded from a
+        per-tensor or per-group weight quantizer)."""
+        params = self.weight_params(gm)
+        if params.axis not in (None, 0):
+            raise QuantParamsError(f"layer '{self.name}': its weight is quantized along axis {params.axis}; the integer "
+                                   "program takes weights quantized per tensor or per output channel (axis 0)")
+        return params.channel_scales(self.weight_int(gm).shape[0])[0]
 
     def weight_spec(self) -> QuantSpec:
         return self.node.meta[meta.WEIGHT_SPEC]
@@ -72,14 +81,13 @@ class QuantLayer:
     def dequantized_weight(self, gm: fx.GraphModule) -> torch.Tensor:
         """The weight as the simulation computes it: its dequantize node applied to the
         current integer weight."""
-        args = [get_tensor(gm, a) if isinstance(a, fx.Node) else a for a in self.weight_dq.args]
-        return self.weight_dq.target(*args)
+        return run_on_constants(gm, self.weight_dq)
 
     def bias_int(self, gm: fx.GraphModule) -> Optional[torch.Tensor]:
         return None if self.bias_dq is None else get_tensor(gm, self.bias_dq.args[0])
 
     def bias_scales(self, gm: fx.GraphModule) -> torch.Tensor:
-        return self.input_scale * self.weight_scales(gm)
+        return self.input_scale(gm) * self.weight_scales(gm)
 
     def set_bias_int(self, gm: fx.GraphModule, b: torch.Tensor) -> None:
         limit = 2**31 - 1
@@ -102,7 +110,7 @@ def quant_layers(gm: fx.GraphModule) -> Iterator[QuantLayer]:
         b = node.args[2] if len(node.args) > 2 else None
         if x is None:
             continue
-        if not (isinstance(w, fx.Node) and w.target in (qd.dequantize_per_channel.default, qd.dequantize_per_tensor.default)):
+        if not is_dequantize(w):
             continue
         bias_dq = b if isinstance(b, fx.Node) and b.target == qd.dequantize_per_channel.default else None
         acts, end = [], node
@@ -113,7 +121,7 @@ def quant_layers(gm: fx.GraphModule) -> Iterator[QuantLayer]:
             acts.append(user)
             end = user
         out_q = single_user(end)
-        out_q = out_q if out_q is not None and out_q.target == qd.quantize_per_tensor.default else None
+        out_q = out_q if is_quantize(out_q) else None
         yield QuantLayer(node, x, w, bias_dq, acts, out_q)
 
 

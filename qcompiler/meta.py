@@ -16,7 +16,7 @@ BN_STATS = "bn_stats"  # conv/linear node: {"mean", "std"} float64 per channel o
 FLOAT_WEIGHT = "qc_float_weight"  # conv/linear node: its float weight tensor as it was before insert_quantizers quantized it
 WEIGHT_SPEC = "qc_weight_spec"  # conv/linear node: the QuantSpec its weight was quantized with (insert_quantizers)
 FLOAT_BIAS = "qc_float_bias"  # conv/linear node: its float bias before calibrate replaced it by an int32 bias
-SPEC = "qc_spec"  # quantize_per_tensor node: the QuantSpec of the activation it quantizes (calibrate)
+SPEC = "qc_spec"  # activation quantize node: the QuantSpec of the activation it quantizes (calibrate)
 SIM_NODE = "qc_sim_node"  # integer-program node: the name of the simulation node it was converted from
 FLOAT_FALLBACK = "qc_float_fallback"  # integer-program node: True when it runs in float (an op kept in float)
 
@@ -25,7 +25,7 @@ EXAMPLE_INPUTS = "example_inputs"  # captured graph: the example inputs (a tuple
 MODEL_CLASS = "model_class"  # captured graph: the class name of the nn.Module it was captured from
 SCHEME = "qc_scheme"  # quantized graph: the QuantScheme insert_quantizers applied
 OVERRIDES = "qc_overrides"  # quantized graph: {node name: NodeOverride} the overrides resolved to nodes
-QPARAMS = "qc_qparams"  # simulation: {quantized value's node name: (scale, zero point, QuantSpec)}, set by calibrate
+QPARAMS = "qc_qparams"  # simulation: {quantized value's node name: QuantParams} as calibrate chose them (the graph's buffers are the live values)
 INPUTS = "qc_inputs"  # integer program: {input name: (scale, zero point, qmin, qmax, dtype)} of its edge quantizers
 
 # --------------------------------------------------------------- names (not meta keys)

@@ -17,6 +17,7 @@ import torch
 import torch.nn as nn
 
 from .errors import QCompilerError
+from .qparams import QuantParams
 from .scheme import QuantSpec
 
 METHODS = ("minmax", "mse", "percentile")
@@ -83,12 +84,20 @@ def mse_range(sample: torch.Tensor, lo: float, hi: float, spec: QuantSpec, steps
 
 class ActivationObserver(nn.Module):
     """Identity in the graph; records the min, max and a bounded random sample of what
-    passes through, then turns them into (scale, zero point) by ``method``."""
+    passes through, then turns them into (scale, zero point) by ``method``. A per-channel
+    or per-group spec records the min and max of every index along ``spec.axis`` too (its
+    ranges are min/max ranges, per group the union of its channels' ranges)."""
 
     def __init__(self, spec: QuantSpec, method: str = "minmax", node_name: str = "", percentile: float = 99.99):
         super().__init__()
         if method not in METHODS:
             raise CalibrationError(f"unknown calibration method {method!r}; use one of {METHODS}")
+        if spec.granularity != "tensor" and method != "minmax":
+            raise CalibrationError(
+                f"node '{node_name}': per-{spec.granularity} activations are calibrated with method='minmax' "
+                f"('{method}' searches one range per tensor); use calibration_method='minmax' or a per-tensor spec")
+        self.channel_min: Optional[torch.Tensor] = None  # per index along spec.axis (per-channel/group specs)
+        self.channel_max: Optional[torch.Tensor] = None
         self.spec = spec
         self.method = method
         self.node_name = node_name
@@ -116,6 +125,8 @@ class ActivationObserver(nn.Module):
                 "check the calibration data and the float model on it (a quantization range needs finite values)"
             )
         lo, hi = float(x.min()), float(x.max())
+        if self.spec.granularity != "tensor":
+            self._observe_channels(x)
         self.min = lo if self.min is None else min(self.min, lo)
         self.max = hi if self.max is None else max(self.max, hi)
         self.batches += 1
@@ -135,6 +146,20 @@ class ActivationObserver(nn.Module):
                 scale = w.sum() / w[keep].sum()
                 self.samples, self.weights = [pool[keep]], [w[keep] * scale]
 
+    def _observe_channels(self, x: torch.Tensor) -> None:
+        if not -x.dim() <= self.spec.axis < x.dim():
+            raise CalibrationError(f"node '{self.node_name}': its activation spec quantizes along axis {self.spec.axis}, "
+                                   f"but the value is {x.dim()}-d (shape {tuple(x.shape)}); choose an axis in "
+                                   f"[{-x.dim()}, {x.dim() - 1}]")
+        rows = x.float().transpose(0, self.spec.axis % x.dim()).reshape(x.shape[self.spec.axis], -1)
+        lo, hi = rows.amin(1), rows.amax(1)
+        if self.channel_min is not None and self.channel_min.shape != lo.shape:
+            raise CalibrationError(f"node '{self.node_name}': {lo.numel()} channels along axis {self.spec.axis} in batch "
+                                   f"{self.batches}, {self.channel_min.numel()} before; per-channel parameters need a "
+                                   "fixed size along the quantized axis")
+        self.channel_min = lo if self.channel_min is None else torch.minimum(self.channel_min, lo)
+        self.channel_max = hi if self.channel_max is None else torch.maximum(self.channel_max, hi)
+
     @property
     def observed(self) -> bool:
         return self.min is not None
@@ -152,7 +177,28 @@ class ActivationObserver(nn.Module):
         return mse_range(sample, self.min, self.max, self.spec, weights=torch.cat(self.weights))
 
     def qparams(self) -> tuple[float, int]:
+        """Per-tensor (scale, zero point) from ``range()``."""
         return qparams_from_range(*self.range(), self.spec)
+
+    def quant_params(self, ndim: Optional[int] = None) -> QuantParams:
+        """The quantizer's parameters as tensors (``qcompiler.qparams``): per tensor from
+        ``qparams()``; per channel/group one (scale, zero point) per index/group along
+        ``spec.axis`` (made non-negative for an ``ndim``-d value)."""
+        spec = self.spec
+        if spec.granularity == "tensor":
+            scale, zp = self.qparams()
+            return QuantParams(torch.tensor([scale], dtype=torch.float64), torch.tensor([zp]), spec.qmin, spec.qmax, spec.dtype)
+        self.range()  # raises if nothing was observed
+        lo, hi = self.channel_min, self.channel_max
+        group = spec.group_size if spec.granularity == "group" else 1
+        if lo.numel() % group:
+            raise CalibrationError(f"node '{self.node_name}': {lo.numel()} channels along axis {spec.axis} do not split into "
+                                   f"groups of {group}; choose a group_size that divides {lo.numel()}")
+        lo, hi = lo.reshape(-1, group).amin(1), hi.reshape(-1, group).amax(1)
+        pairs = [qparams_from_range(a, b, spec) for a, b in zip(lo.tolist(), hi.tolist())]
+        axis = spec.axis % ndim if ndim is not None else spec.axis
+        return QuantParams(torch.tensor([p[0] for p in pairs], dtype=torch.float32), torch.tensor([p[1] for p in pairs]),
+                           spec.qmin, spec.qmax, spec.dtype, axis=axis, group_size=group)
 
     def extra_repr(self) -> str:
         rng = f"[{self.min:.4g}, {self.max:.4g}]" if self.observed else "unobserved"
@@ -160,15 +206,21 @@ class ActivationObserver(nn.Module):
 
 
 def weight_qparams(w: torch.Tensor, spec: QuantSpec, method: str = "minmax") -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-tensor or per-channel (along ``spec.axis``) symmetric scales for a weight, by
-    min/max or by the MSE-optimal clipping of each channel. Returns (scales, zero points)
-    as 1-d tensors (length 1 for per-tensor)."""
+    """Symmetric scales for a weight: per tensor, per channel along ``spec.axis``, or per
+    group of ``spec.group_size`` consecutive channels along it, by min/max or by the
+    MSE-optimal clipping of each. Returns (scales float32, zero points int64), 1-d: one per
+    tensor, channel or group."""
     if spec.granularity == "tensor":
         rows = w.reshape(1, -1)
-    elif spec.granularity == "channel":
-        rows = w.transpose(0, spec.axis).reshape(w.shape[spec.axis], -1)
     else:
-        raise QCompilerError(f"weight granularity {spec.granularity!r} is not supported for this layer yet")
+        if not -w.dim() <= spec.axis < w.dim():
+            raise QCompilerError(f"weight spec axis {spec.axis} is out of range for a {w.dim()}-d weight of shape {tuple(w.shape)}")
+        group = spec.group_size if spec.granularity == "group" else 1
+        channels = w.shape[spec.axis]
+        if channels % group:
+            raise QCompilerError(f"a weight with {channels} channels along axis {spec.axis} does not split into groups of "
+                                 f"{group}; choose a group_size that divides {channels}")
+        rows = w.transpose(0, spec.axis).reshape(channels // group, -1)
     scales, zps = [], []
     for row in rows:
         lo, hi = float(row.min()), float(row.max())

@@ -19,6 +19,7 @@ from .inputs import InputSpec, as_input_tuple, calibration_source, check_inputs,
 from .integer import to_integer_program
 from .interpreter import interpret
 from .pass_manager import PassContext, PassLike, PassManager, PassReport
+from .qparams import QuantParams, qparams_by_value
 from .passes import Calibrate, InsertQuantizers
 from .passes.calibrate import batch_inputs
 from .scheme import QuantScheme, host_scheme
@@ -37,7 +38,9 @@ class QuantizedModel:
     simulate(x): run the simulation.
     program:     the integer program; interpret(x): run it exactly (numpy).
     report:      the pass report.
-    scheme:      the QuantScheme used; qparams: {value node: (scale, zero point, spec)}.
+    scheme:      the QuantScheme used; qparams: {value node name: QuantParams} of every
+                 activation quantizer (qcompiler.qparams; ``.scalar()`` gives a
+                 per-tensor (scale, zero point)).
     input_specs: the inputs every entry point accepts (shape, with None for a dynamic
                  batch dimension, and dtype); a wrong input is a qcompiler.inputs.InputError.
     """
@@ -90,8 +93,8 @@ class QuantizedModel:
         return compare_ops(self.graph, self.program, inputs)
 
     @property
-    def qparams(self) -> dict:
-        return self.graph.meta.get(meta.QPARAMS, {})
+    def qparams(self) -> dict[str, QuantParams]:
+        return qparams_by_value(self.graph)
 
     def simulate(self, *inputs: Any) -> Any:
         """Run the simulation (fake-quantized float ops) on ``inputs``."""

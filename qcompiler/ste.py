@@ -9,10 +9,11 @@ from __future__ import annotations
 import torch
 import torch.fx as fx
 
+from . import meta
 from .graph import add_constant, clone_graph, get_tensor
 from .layers import quant_layers
+from .qparams import is_qdq_pair, read_qparams
 
-qd = torch.ops.quantized_decomposed
 
 
 def _fq_tensor(x, scale: float, zp: int, qmin: int, qmax: int):
@@ -44,15 +45,26 @@ def differentiable_simulation(sim: fx.GraphModule) -> fx.GraphModule:
             s_node = add_constant(gm, f"{layer.name}_weight_fq_scale", scales.float(), before=dq)
             z_node = add_constant(gm, f"{layer.name}_weight_fq_zp", torch.zeros(len(scales), dtype=torch.int32), before=dq)
         with gm.graph.inserting_before(dq):
-            fq = gm.graph.call_function(_fq_channel, (w_node, s_node, z_node, 0, int(dq.args[-3]), int(dq.args[-2])))
+            params = layer.weight_params(gm)
+            fq = gm.graph.call_function(_fq_channel, (w_node, s_node, z_node, 0, params.qmin, params.qmax))
         dq.replace_all_uses_with(fq)
         gm.graph.erase_node(dq)
     for node in list(gm.graph.nodes):
-        if node.op == "call_function" and node.target == qd.dequantize_per_tensor.default and node.args[0].target == qd.quantize_per_tensor.default:
+        if is_qdq_pair(node):
             q = node.args[0]
-            x, scale, zp, qmin, qmax, _ = q.args
+            params = read_qparams(gm, q)
             with gm.graph.inserting_before(node):
-                fq = gm.graph.call_function(_fq_tensor, (x, float(scale), int(zp), int(qmin), int(qmax)))
+                if params.per_tensor:
+                    scale, zp = params.scalar()
+                    fq_args = (q.args[0], scale, zp, params.qmin, params.qmax)
+                    fq = gm.graph.call_function(_fq_tensor, fq_args)
+                else:
+                    channels = node.meta[meta.VAL].shape[params.axis]
+                    scales, zps = params.channel_scales(channels)
+                    s_node = add_constant(gm, f"{q.name}_fq_scale", scales.float(), before=node)
+                    z_node = add_constant(gm, f"{q.name}_fq_zp", zps.to(torch.int32), before=node)
+                    with gm.graph.inserting_before(node):
+                        fq = gm.graph.call_function(_fq_channel, (q.args[0], s_node, z_node, params.axis, params.qmin, params.qmax))
             node.replace_all_uses_with(fq)
             gm.graph.erase_node(node)
             if not q.users:

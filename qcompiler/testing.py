@@ -381,7 +381,7 @@ def assert_preserves(passes: Union[PassLike, Sequence[PassLike]], model: Union[n
 
 def op_counts(gm: fx.GraphModule) -> Counter:
     """Counter of ``gm``'s call_function nodes keyed by op name ("aten.convolution.default",
-    "quantized_decomposed.quantize_per_tensor.default", "getitem", ...): the structure a
+    "quantized_decomposed.quantize_per_tensor.tensor", "getitem", ...): the structure a
     pass left, as data (qcompiler.count_ops, as a Counter: an absent op counts 0)."""
     return Counter(count_ops(gm))
 

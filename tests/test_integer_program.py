@@ -84,6 +84,6 @@ def test_program_carries_explicit_integer_parameters():
     assert dtypes == ["torch.int64"] * 5 + ["torch.int8"]  # weight int8; bias, multiplier, shift, lo, hi int64
     mult = next(v for k, v in values.items() if "mult" in k)
     assert ((mult >= 2**30) & (mult < 2**31)).all()
-    out_scale, out_zp = qm.qparams["hardtanh"][:2]
+    out_scale, out_zp = qm.qparams["hardtanh"].scalar()
     hi = next(v for k, v in values.items() if k.endswith(tuple(f"hi_{i}" for i in range(20))))
     assert int(hi[0]) == min(255, round(6.0 / out_scale) + out_zp)  # relu6's bound, in the output's integers

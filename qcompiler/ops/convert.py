@@ -15,10 +15,10 @@ import torch.fx as fx
 
 from .. import meta
 from ..errors import ConversionError
+from ..qparams import is_dequantize, is_quantize
 
 __all__ = ["ConversionError", "IntValue", "QParams", "Match", "pair", "shape_of"]
 
-qd = torch.ops.quantized_decomposed
 
 
 @dataclass
@@ -72,7 +72,7 @@ def shape_of(node: Any) -> Optional[torch.Size]:
         val = node.meta.get(meta.VAL)
         if isinstance(val, torch.Tensor):
             return val.shape
-        if node.target in (qd.dequantize_per_tensor.default, qd.quantize_per_tensor.default):
+        if is_quantize(node) or is_dequantize(node):
             node = node.args[0]
         else:
             return None

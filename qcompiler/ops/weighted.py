@@ -12,10 +12,11 @@ import torch.fx as fx
 
 from ..fixed_point import quantize_bias, quantize_multipliers
 from ..graph import node_label
+from ..qparams import DEQUANTIZE_OPS, read_qparams
 from .convert import ConversionError, IntValue, Match
 
 qd = torch.ops.quantized_decomposed
-WEIGHT_DQ_OPS = (qd.dequantize_per_channel.default, qd.dequantize_per_tensor.default)
+WEIGHT_DQ_OPS = DEQUANTIZE_OPS
 DATA_ARGS = ((1, None), (2, 4))  # weights in their own dtype, the bias as int32
 
 
@@ -40,12 +41,11 @@ def weighted_operands(cv, m: Match) -> WeightedOperands:
     if not (isinstance(wdq, fx.Node) and wdq.target in WEIGHT_DQ_OPS):
         raise ConversionError(f"{node_label(op)}: its weight is not quantized (kept in float by an override?)")
     w = cv.tensor(wdq.args[0]).to(torch.int64)
-    if wdq.target == qd.dequantize_per_channel.default:
-        w_scales = cv.tensor(wdq.args[1]).double().numpy()
-        if int(wdq.args[3]) != 0:
-            raise ConversionError(f"{node_label(op)}: weights must be quantized per output channel (axis 0)")
-    else:
-        w_scales = np.full(w.shape[0], float(wdq.args[1]))
+    params = read_qparams(cv.sim, wdq)
+    if params.axis not in (None, 0):
+        raise ConversionError(f"{node_label(op)}: its weight is quantized along axis {params.axis}; the integer program "
+                              "takes weights quantized per tensor, or per output channel or group of them (axis 0)")
+    w_scales = params.channel_scales(w.shape[0])[0].numpy()
     channels = w.shape[0]
     bias = op.args[2] if len(op.args) > 2 else None
     if isinstance(bias, fx.Node) and bias.target == qd.dequantize_per_channel.default:  # the int32 bias of the simulation

@@ -78,8 +78,14 @@ class CompileReport:
         if self.total_ms is not None:
             lines.append(f"kernels {self.total_ms:.2f} ms per call (median of the per-kernel times); {self.unmatched_ms:.2f} ms "
                          f"of it in elementwise kernels (add, mul, concat, requantize, ...) not attributed to a layer")
-        lines += [f"{r.node} ({r.op}): {r.kernel}, not our kernel, because: {r.fallback}" for r in self.layers if r.fallback]
+        lines += fallback_lines(self.layers)
         return console.export_text() + "\n".join(lines + self.notes) + "\n"
+
+
+def fallback_lines(rows: list) -> list[str]:
+    """One line per layer that got the generic lowering for a reason (a row's ``fallback``):
+    what the report prints under its tables (the compiled model's and a loaded export's)."""
+    return [f"{r.node} ({r.op}): {r.kernel}, not our kernel, because: {r.fallback}" for r in rows if r.fallback]
 
 
 def _bytes(program: fx.GraphModule, node: fx.Node) -> int:
@@ -100,12 +106,20 @@ def _macs(program: fx.GraphModule, node: fx.Node, shape: tuple) -> int:
     return op.macs(program, node, shape) if op is not None and op.macs is not None else 0
 
 
-def layer_rows(program: fx.GraphModule, shapes: dict[str, tuple]) -> list[LayerRow]:
-    rows = []
+def layer_nodes(program: fx.GraphModule) -> list[tuple[fx.Node, str]]:
+    """The layers of the integer program, in program order: every node of a registered op
+    but the edge quantize / dequantize, with its op's name."""
+    layers = []
     for node in program.graph.nodes:
         name = op_of(node.target) if node.op == "call_function" else None
-        if name is None or name in ("quantize", "dequantize"):
-            continue
+        if name is not None and name not in ("quantize", "dequantize"):
+            layers.append((node, name))
+    return layers
+
+
+def layer_rows(program: fx.GraphModule, shapes: dict[str, tuple]) -> list[LayerRow]:
+    rows = []
+    for node, name in layer_nodes(program):
         shape = shapes.get(node.name, ())
         rows.append(LayerRow(node.name, name, shape, _macs(program, node, shape), _bytes(program, node),
                              sim_node=node.meta.get(meta.SIM_NODE, "")))
@@ -132,11 +146,13 @@ def _attach_times(rows: list[LayerRow], kernel_times: list[tuple[str, float]]) -
     return unmatched
 
 
-def attach_kernels(rows: list[LayerRow], choices: Optional[dict]) -> None:
-    """Give each layer the kernel its target chose (``runtime.kernel_choices``: node name ->
-    a choice with ``kernel`` and, for a fallback to the generic lowering, ``reason``); a
-    layer the target has no kernel of ours for is "generic" (TVM's default kernels). A
-    runtime that records no choices (e.g. a loaded export) leaves the column empty."""
+def attach_kernels(rows: list, choices: Optional[dict]) -> None:
+    """Give each layer (a row with ``node``, ``kernel`` and ``fallback``) the kernel its
+    target chose (``runtime.kernel_choices``: node name -> a choice with ``kernel`` and, for
+    a fallback to the generic lowering, ``reason``); a layer the target has no kernel of
+    ours for is "generic" (TVM's default kernels). A runtime that records no choices (e.g.
+    a loaded export's: its report reads them from the manifest, qcompiler.kernel_report)
+    leaves the column empty."""
     if not choices:
         return
     for row in rows:

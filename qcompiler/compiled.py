@@ -31,6 +31,7 @@ from .errors import QCompilerError
 from .export import ExportError, read_manifest, write_export
 from .fixed_point import quantize_values
 from .inputs import check_built_inputs, describe_types
+from .kernel_report import REPORT_FILE, LoadedReport, kernel_entries, loaded_report
 from .ops import op_of
 from .log import native_output_captured
 from .progress import task
@@ -100,7 +101,7 @@ def integer_core(program: fx.GraphModule) -> tuple[fx.GraphModule, list[dict], l
     return fx.GraphModule(program, graph), encodings, out_encodings
 
 
-EXPORT_FILES = ("encodings.json", "report.txt")  # besides the library and manifest.json
+EXPORT_FILES = ("encodings.json", REPORT_FILE)  # besides the library and manifest.json
 
 
 def export_names(target: Any) -> tuple[str, ...]:
@@ -199,7 +200,8 @@ class CompiledModel:
         manifest = {"target": self.target.name, "library": library,
                     "inputs": [{"shape": list(s), "dtype": d} for s, d in self.input_types],
                     "output_spec": treespec_dumps(out_spec) if out_spec is not None else None,
-                    "scheme": self.qm.scheme.describe(), "timings_s": self.timings}
+                    "scheme": self.qm.scheme.describe(), "timings_s": self.timings,
+                    "kernels": kernel_entries(self.qm.program, getattr(self.runtime, "kernel_choices", None))}
         files = {library: write_library,
                  encodings_file: lambda path: path.write_text(json.dumps(self.encodings(), indent=1)),
                  report_file: lambda path: path.write_text(str(self.report()))}
@@ -231,6 +233,7 @@ class LoadedModel:
 
     directory: the export directory; manifest: its manifest.json; encodings: its
     encodings.json (how each tensor is quantized); runtime: the target's runtime.
+    ``report()``: which kernel each layer got, as the compiled model's report showed it.
     """
 
     def __init__(self, directory: Path, manifest: dict, encodings: dict, runtime: Any, target: Any):
@@ -247,6 +250,13 @@ class LoadedModel:
     def __call__(self, *inputs: Any) -> Any:
         arrays = check_built_inputs(inputs, self.input_types, f"the model loaded from {self.directory}")
         return self.runtime(*arrays)
+
+    def report(self) -> LoadedReport:
+        """Each layer's kernel (ours, or "generic") and, for a fallback, why: the kernel
+        column and fallback lines of the exporting model's ``report()``, from the manifest's
+        ``kernels`` (qcompiler.kernel_report). An older manifest without them gives a report
+        with no layers and a note saying so. The rest of that report is report.txt."""
+        return loaded_report(self.directory, self.manifest)
 
     def __repr__(self) -> str:
         return f"LoadedModel({self.directory}, target={self.target.name}, inputs {describe_types(self.input_types)})"

@@ -14,6 +14,9 @@ loading it back.
   - any other directory only with ``overwrite=True``, which replaces it whole; never the
     working directory, an ancestor of it, the home directory or a filesystem root.
 A failed export leaves the directory as it was (and creates nothing).
+
+The manifest names its format and version: version 2 adds ``kernels``, which kernel each
+layer got (qcompiler.kernel_report); version 1 manifests load the same, without it.
 """
 from __future__ import annotations
 
@@ -28,7 +31,7 @@ from .errors import QCompilerError
 
 MANIFEST = "manifest.json"
 FORMAT = "qcompiler-export"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the manifest records each layer's kernel ("kernels")
 # The manifest of exports written before the format was named: these keys and these files.
 _LEGACY_KEYS = {"target", "library", "inputs", "scheme"}
 _LEGACY_FILES = ("encodings.json", MANIFEST, "report.txt")

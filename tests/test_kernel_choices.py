@@ -1,5 +1,8 @@
 """Which kernel every conv2d / linear node got, and why not ours (targets/kernel_lowering.py):
-``runtime.kernel_choices`` on host and arm_cpu builds."""
+``runtime.kernel_choices`` on host and arm_cpu builds, and kept through export and load
+(the manifest's ``kernels``, qcompiler/kernel_report.py)."""
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -8,6 +11,7 @@ import torch.nn as nn
 pytest.importorskip("tvm")
 
 import qcompiler  # noqa: E402
+from qcompiler.export import ExportError  # noqa: E402
 from qcompiler.targets import host  # noqa: E402
 from qcompiler.targets.arm_cpu import arm_lowerings  # noqa: E402
 from qcompiler.targets.kernel_lowering import KernelChoice  # noqa: E402
@@ -101,3 +105,68 @@ def test_the_compile_report_shows_every_layers_kernel_and_why_a_layer_is_not_our
     for row in (r for r in wide.layers if r.op == "conv2d"):
         assert row.kernel == "generic" and "only uint8/int8 are supported" in row.fallback
         assert f"{row.node} (conv2d): generic, not our kernel, because: {row.fallback}" in text
+
+
+def _three_convs():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 4, 1)).eval()
+
+
+def _kernel_column(report) -> list[tuple]:
+    return [(r.node, r.op, r.kernel, r.fallback) for r in report.layers]
+
+
+def _fallback_lines(text: str) -> list[str]:
+    return [line for line in text.splitlines() if ", not our kernel, because: " in line]
+
+
+@pytest.mark.parametrize("make_model, activation_bits", [(_model, 8), (_three_convs, 16)], ids=["intrinsic", "fallback"])
+def test_export_and_load_keep_every_layers_kernel_and_why_not_ours(make_model, activation_bits, tmp_path):
+    """The manifest records the kernel each layer got (the runtime's choices; "generic" for
+    layers with no kernel of ours), and the loaded export's report shows the compiled
+    model's kernel column and fallback lines: our kernels at 8 bits, the generic lowering
+    with the ExactnessError's text at 16 bits."""
+    x = torch.randn(2, 3, 8, 8)
+    cm = qcompiler.qcompile(make_model(), x, progress=False, activation_bits=activation_bits)
+    out = cm.export(tmp_path / "out")
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["version"] == 2
+    choices = cm.runtime.kernel_choices
+    recorded = {e["layer"]: (e["kernel"], e["reason"]) for e in manifest["kernels"]}
+    assert [e["layer"] for e in manifest["kernels"]] == [r.node for r in cm.report().layers]
+    assert {k: v for k, v in recorded.items() if k in choices} == {k: (c.kernel, c.reason) for k, c in choices.items()}
+    assert all(v == ("generic", None) for k, v in recorded.items() if k not in choices)
+    weighted = [recorded[n] for n in _weighted_nodes(cm.qm.program)]
+    if activation_bits == 16:
+        assert weighted and all(k == "generic" and "only uint8/int8 are supported" in r for k, r in weighted)
+    elif host.host_has_avx2():
+        assert sorted(k for k, _ in weighted) == sorted(["x86 vpmaddwd gemm-conv (im2col)", "x86 vpmaddwd depthwise",
+                                                         "x86 vpmaddwd gemm-conv (pointwise)", "x86 vpmaddwd dense"])
+        assert all(r is None for _, r in weighted)
+    loaded = qcompiler.load(out)
+    assert torch.equal(loaded(x), cm(x))
+    assert _kernel_column(loaded.report()) == _kernel_column(cm.report())
+    fresh_lines = _fallback_lines(str(cm.report()))
+    assert _fallback_lines(str(loaded.report())) == fresh_lines == _fallback_lines((out / "report.txt").read_text())
+    assert bool(fresh_lines) == (activation_bits == 16 or not host.host_has_avx2())
+
+
+def test_a_manifest_without_kernel_choices_loads_and_its_report_says_so(tmp_path):
+    """A version-1 manifest (written before kernel choices were recorded) loads and runs;
+    its report has no kernel column and says why. A malformed field names the file."""
+    x = torch.randn(2, 3, 8, 8)
+    cm = qcompiler.qcompile(_three_convs(), x, progress=False)
+    out = cm.export(tmp_path / "out")
+    path = out / "manifest.json"
+    manifest = json.loads(path.read_text())
+    del manifest["kernels"]
+    path.write_text(json.dumps({**manifest, "version": 1}))
+    loaded = qcompiler.load(out)
+    assert torch.equal(loaded(x), cm(x))
+    report = loaded.report()
+    assert report.layers == []
+    assert f"{path} records no kernel choices (manifest format version 1" in str(report)
+    assert "export the model again" in str(report)
+    path.write_text(json.dumps({**manifest, "kernels": [{"layer": "convolution", "kernel": 3}]}))
+    with pytest.raises(ExportError, match=r"manifest\.json: its 'kernels' field is not a list"):
+        qcompiler.load(out).report()

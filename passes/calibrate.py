@@ -177,7 +177,7 @@ class Calibrate(Pass):
                                         "check the calibration data for inf/nan values"))
         for layer in quant_layers(gm):
             bias = layer.node.args[2] if len(layer.node.args) > 2 else None
-            if is_constant(bias):
+            if is_constant(bias) and _per_tensor_input(gm, layer):
                 problems.append(Problem(f"layer '{layer.name}' keeps a float bias", "report this as a bug in calibrate"))
         return problems
 
@@ -225,17 +225,23 @@ def _rank(value: fx.Node) -> Optional[int]:
     return val.dim() if isinstance(val, torch.Tensor) else None
 
 
+def _per_tensor_input(gm: fx.GraphModule, layer) -> bool:
+    return read_qparams(gm, layer.input_dq).per_tensor
+
+
 def quantize_biases(gm: fx.GraphModule) -> int:
-    """Give every conv/linear whose input and weight are quantized an int32 bias with scale
-    s_x·s_w (per output channel), as ``dequantize_per_channel(bias_int32, s_x·s_w, 0)``: the
-    simulation then adds exactly the bias the integer program adds. Returns how many."""
+    """Give every conv/linear whose input (per tensor) and weight are quantized an int32
+    bias with scale s_x·s_w (per output channel), as
+    ``dequantize_per_channel(bias_int32, s_x·s_w, 0)``: the simulation then adds exactly the
+    bias the integer program adds. A layer whose input is quantized per channel or group
+    keeps its float bias (an int32 bias needs one input scale). Returns how many."""
     count = 0
     for layer in list(quant_layers(gm)):
         node, x, w = layer.node, layer.input_dq, layer.weight_dq
         channels = get_tensor(gm, w.args[0]).shape[0]
         w_scales = layer.weight_scales(gm)
         bias_node = node.args[2] if len(node.args) > 2 else None
-        if bias_node is None or layer.bias_dq is not None or bias_node.op != "get_attr":
+        if bias_node is None or layer.bias_dq is not None or bias_node.op != "get_attr" or not _per_tensor_input(gm, layer):
             continue
         b = get_tensor(gm, bias_node).double()
         x_scale = layer.input_scale(gm)

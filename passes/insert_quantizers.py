@@ -80,7 +80,8 @@ class InsertQuantizers(Pass):
     Where observers go: graph inputs; after conv/linear (after the relu/relu6/clamp chain that
     follows it when ``scheme.fuse_activations``, depthwise included); after add, mul, cat,
     matmul and table-driven unary ops; after ops kept in float. Average pools, means and
-    standalone clamps are re-quantized with their input's parameters; layout ops, max pooling
+    standalone clamps are re-quantized with their input's parameters (per-tensor ones; an
+    input quantized per channel or group gives them their own); layout ops, max pooling
     and zero padding need no quantizer (integer values pass through unchanged).
 
     Requires: a float graph (no observers, quantize or dequantize nodes yet) whose every op
@@ -225,6 +226,8 @@ class InsertQuantizers(Pass):
                     source[node] = node
             elif kind in (SHARED, ACTIVATION):
                 src = source.get(node.args[0]) if isinstance(node.args[0], fx.Node) else None
+                if src is not None and _root_spec(points, src).granularity != "tensor":
+                    src = None  # per-channel/group parameters are not shared: the op may move or reduce the axis
                 if src is None:  # input not quantized (e.g. a float constant): own parameters
                     points[node] = act_spec(node)
                     source[node] = node
@@ -278,11 +281,22 @@ class InsertQuantizers(Pass):
             spec = o.weights if o is not None and o.weights is not None else self.scheme.weights
             w = get_tensor(gm, view.weight_node).detach()
             method = self.weight_method or ("minmax" if spec.bits >= 8 else "mse")
-            scales, zps = weight_qparams(w, spec, method)
+            try:
+                scales, zps = weight_qparams(w, spec, method)
+            except QCompilerError as e:
+                raise QCompilerError(f"{node_label(node)}: {e} (weight spec {spec.describe()})") from None
             q = quantize_weight(w, scales, zps, spec)
             _replace_weight(gm, node, q, scales, zps, spec, w)
             count += 1
         return count
+
+
+def _root_spec(points: dict, node: fx.Node) -> QuantSpec:
+    """The spec of the quantization point whose parameters ``node`` carries."""
+    spec = points[node]
+    while not isinstance(spec, QuantSpec):
+        spec = points[spec]
+    return spec
 
 
 def _chain(start: fx.Node, end: fx.Node) -> list[fx.Node]:

@@ -192,7 +192,7 @@ class _Converter:
     def quantize(self, q: fx.Node) -> None:
         params = read_qparams(self.sim, q)
         try:
-            scale, zp = params.scalar(node_label(q))
+            scale, zp = params.scalar(f"value '{q.args[0].name}' (quantized by '{q.name}')")
         except QuantParamsError as e:
             raise ConversionError(str(e)) from None
         src, dtype = q.args[0], params.dtype

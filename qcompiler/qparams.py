@@ -100,7 +100,8 @@ class QuantParams:
             raise QuantParamsError(
                 f"{where + ': ' if where else ''}this value is quantized per {self.granularity} along axis {self.axis} "
                 f"({self.scale.numel()} scales); the integer program takes per-tensor activations so far: give it a "
-                "per-tensor activation spec (QuantSpec(granularity='tensor')) or keep the ops that read it in float")
+                "per-tensor spec (overrides={'<value>': {'activations': qcompiler.activation_spec()}}) or keep the ops "
+                "that read it in float (overrides={'<op>': 'float'})")
         return float(self.scale.reshape(-1)[0]), int(self.zero_point.reshape(-1)[0])
 
     def channel_scales(self, channels: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -36,8 +36,10 @@ class QuantSpec:
     signed: int (True) or uint (False) storage.
     symmetric: z = 0 (signed) and the range is symmetric about 0; else affine (z from the range).
     narrow: drop the most negative code (int8 weights in [−127, 127]) so that −q is exact.
-    granularity: "tensor", "channel" (one s per slice along ``axis``) or "group" (one s per
-        ``group_size`` consecutive elements along ``axis``, per output channel).
+    granularity: "tensor", "channel" (one s per index along ``axis``) or "group" (one s per
+        ``group_size`` consecutive indices along ``axis``: per-embedding-group quantization,
+        Bondarenko et al. 2021). ``axis`` may be negative (counted from the last). The
+        parameters are tensors in the graph (qcompiler.qparams).
     """
 
     bits: int = 8
@@ -89,11 +91,19 @@ def weight_spec(bits: int = 8, granularity: str = "channel", group_size: Optiona
     return QuantSpec(bits=bits, signed=True, symmetric=True, narrow=True, granularity=granularity, axis=0, group_size=group_size)
 
 
-def activation_spec(bits: int = 8, signed: bool = False) -> QuantSpec:
-    """Affine per-tensor activations."""
+def activation_spec(bits: int = 8, signed: bool = False, granularity: str = "tensor", axis: Optional[int] = None,
+                    group_size: Optional[int] = None) -> QuantSpec:
+    """Affine activations, per tensor by default; per channel or per group along ``axis``
+    (e.g. ``activation_spec(granularity="group", axis=-1, group_size=64)`` for a
+    transformer's residual stream, PEG). The integer program takes per-tensor activations
+    so far: other granularities run in the simulation and are listed in the encodings."""
     if bits not in ACTIVATION_BITS:
         raise SchemeError(f"activation bits must be 8 or 16, got {bits}")
-    return QuantSpec(bits=bits, signed=signed if bits == 8 else True, symmetric=False, granularity="tensor")
+    if granularity != "tensor" and axis is None:
+        raise SchemeError(f"per-{granularity} activations need the axis to quantize along: e.g. axis=1 for the "
+                          "channels of an NCHW tensor, axis=-1 for a transformer's hidden dimension")
+    return QuantSpec(bits=bits, signed=signed if bits == 8 else True, symmetric=False, granularity=granularity,
+                     axis=0 if axis is None else axis, group_size=group_size)
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ packs an activation element, its multiply-accumulate step (a registered intrinsi
 - a task is (output tile of ``vo`` vectors, block of ``rows`` activation rows): a
   rows × vo tile of int32 vectors that starts from the bias, takes ``steps`` reduction
   steps of ``substeps`` weight rows each, and stores the requantized lanes (the lanes
-  past O are dropped).
+  past O are dropped: ``vector_store.py``).
 
 Note: TVMScript parses a function from its source file when it is built; editing this
 file while a build is running makes that build fail."""
@@ -26,10 +26,12 @@ from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
+import tvm
 from tvm.script import tirx as T
 
 from .contract import ceil_div
 from .requant import RequantColumn as Col, RequantRows, transposed_columns
+from .vector_store import vector_store_macro
 
 
 @dataclass(frozen=True)
@@ -90,7 +92,7 @@ def _itemsize(dtype: str) -> int:
 
 
 def dense_kernel(isa: DenseIsa, x_shape: tuple, x_dtype: str, o: int, rq: RequantRows, out_zp: int,
-                 out_dtype: str, name: str, vo: int = 4, mr: int = 0):
+                 out_dtype: str, name: str, vo: int = 4, mr: int = 0) -> tuple[tvm.tirx.PrimFunc, dict]:
     """The PrimFunc ``dense(x, packed_weights, requant_columns, out)`` for x [..., K]
     (``x_dtype``) → out [..., O] (``out_dtype``), and its info; ``vo`` vectors of output
     channels × ``mr`` rows per task (0: the ISA's default, at most M)."""
@@ -108,6 +110,7 @@ def dense_kernel(isa: DenseIsa, x_shape: tuple, x_dtype: str, o: int, rq: Requan
     loop = T.parallel if isa.parallel else T.serial
     out_shape = tuple(x_shape[:-1]) + (o,)
     pack, mac, vectors_outer = isa.pack_element, isa.multiply_accumulate, isa.vectors_outer
+    store = vector_store_macro(o, out_dtype)
 
     def requantized(acc, rqt, o0):
         return isa.requantize(acc, lambda col: rqt[col, T.ramp(o0, 1, lanes)], rq, out_zp, out_dtype)
@@ -149,16 +152,8 @@ def dense_kernel(isa: DenseIsa, x_shape: tuple, x_dtype: str, o: int, rq: Requan
                 if mb * rows_per_task + r < m:
                     for v in T.unroll(vo):
                         o0 = T.meta_var((ot * vo + v) * lanes)
-                        res = T.meta_var(requantized(acc[T.ramp((r * vo + v) * lanes, 1, lanes)], rqt, o0))
-                        if o0 + lanes <= o:
-                            out[mb * rows_per_task + r, T.ramp(o0, 1, lanes)] = res
-                        else:
-                            if o0 < o:
-                                tail = T.alloc_buffer((lanes,), out_dtype, scope="global")
-                                tail[T.ramp(0, 1, lanes)] = res
-                                for lane in range(lanes):
-                                    if o0 + lane < o:
-                                        out[mb * rows_per_task + r, o0 + lane] = tail[lane]
+                        store(out, (mb * rows_per_task + r,), o0, lanes,
+                              requantized(acc[T.ramp((r * vo + v) * lanes, 1, lanes)], rqt, o0))
 
     info = dict(kind="dense", vo=vo, mr=rows_per_task, epilogue=rq.mode, fold_zp=rq.fold_zp, clamp=rq.clamp,
                 tasks=tiles * row_blocks, macs=m * o * k)
@@ -166,7 +161,7 @@ def dense_kernel(isa: DenseIsa, x_shape: tuple, x_dtype: str, o: int, rq: Requan
 
 
 def dense_primfunc(isa: DenseIsa, x_shape: tuple, x_dtype: str, weights: np.ndarray, rq: RequantRows, out_zp: int,
-                   out_dtype: str, name: str, vo: int = 4):
+                   out_dtype: str, name: str, vo: int = 4) -> tuple[tvm.tirx.PrimFunc, dict, list[np.ndarray]]:
     """The dense kernel of ``isa`` for x [..., K] and int8 ``weights`` [O, K] (zero point
     already folded into ``rq``'s bias), with its constants: ``(func, info, [packed weights,
     requantize columns int32 [8, O padded]])``."""

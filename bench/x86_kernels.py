@@ -26,7 +26,7 @@ round-robin order, ``--rounds`` times, so machine noise hits them alike; the tab
 the median over rounds (and, for ours, the minimum). The TVM default build is the same
 Relax graph targets/lower.py emits (x − z in int16, conv2d → int32, then the int64
 requantize), compiled with ``tvm.compile`` and its default pipelines. Every build is
-checked bit-exact against ``qcompiler.kernels`` once.
+checked bit-exact against the op references (``qcompiler.ops``) once.
 
 Threads: TVM's runtime reads TVM_NUM_THREADS when it starts its thread pool, so the
 script sets it (``--threads``) before importing TVM.
@@ -120,13 +120,14 @@ class Layer:
         return f"{what} {kh}x{kw}/{self.stride[0]} {c}->{o} @{h}x{w}"
 
     def reference(self) -> np.ndarray:
-        from qcompiler import kernels
+        from qcompiler.ops import conv2d as conv2d_op, linear as linear_op
 
         a = self.operands
         if self.kind == "linear":
-            return kernels.linear(a["x"], a["w"], a["bias"], a["x_zp"], a["mult"], a["shift"], a["out_zp"], a["lo"], a["hi"])
-        return kernels.conv2d(a["x"], a["w"], a["bias"], a["x_zp"], self.stride, (0, 0), (1, 1), self.groups,
-                              a["mult"], a["shift"], a["out_zp"], a["lo"], a["hi"])
+            return linear_op.reference(a["x"], a["w"], a["bias"], a["x_zp"], a["mult"], a["shift"], a["out_zp"], a["lo"],
+                                       a["hi"])
+        return conv2d_op.reference(a["x"], a["w"], a["bias"], a["x_zp"], self.stride, (0, 0), (1, 1), self.groups,
+                                   a["mult"], a["shift"], a["out_zp"], a["lo"], a["hi"])
 
 
 def synthetic_operands(layer: Layer, rng: np.random.Generator) -> dict:
@@ -394,7 +395,7 @@ def main(argv=None) -> None:
     print(f"{'network total (weighted by count)':34s} {'':3s} {tot_macs / 1e6:7.1f} {tot_def:10.2f} {tot_ours:8.2f} "
           f"{tot_min:7.2f} {tot_macs / tot_ours / 1e6:6.1f} {tot_def / tot_ours:7.1f}")
     print("by kind (ms): " + ", ".join(f"{k} {v:.2f}" for k, v in bykind.items()))
-    print("bit-exact: " + ("all builds equal qcompiler.kernels" if all_ok else "SOME BUILDS DIFFER"))
+    print("bit-exact: " + ("all builds equal the op references (qcompiler.ops)" if all_ok else "SOME BUILDS DIFFER"))
     if ort is not None:
         ort_ms = float(np.median(ort_times)) * 1e3
         print(f"ORT int8 EfficientNet-Lite0 (whole network, all ops), same run: median {ort_ms:.2f} ms "

@@ -11,8 +11,10 @@ int8 by x − 128 (one ``eor`` with 0x80 per 16 bytes, where they are packed) an
 point moves with them (Σ (x − z)·w = Σ (x − 128)·w − (z − 128)·Σw).
 
 Kernels (``kernel_info(func)["kind"]``): "pointwise" and "im2col" (``arm_gemm_conv.py``),
-"depthwise" (``arm_depthwise.py``), "dense" (``arm_dense.py``); the requantize epilogue
-is ``arm_epilogue.py``, the instruction steps ``targets/intrinsics/arm_neon.py``'s.
+"depthwise" (``arm_depthwise.py``), "dense" (the shared loop nest of ``dense.py`` with
+``DENSE``, this ISA's description: int8 quads, indexed ``sdot``, the epilogue); the
+requantize epilogue is ``arm_epilogue.py``, the instruction steps
+``targets/intrinsics/arm_neon.py``'s.
 """
 from __future__ import annotations
 
@@ -20,16 +22,17 @@ from typing import Optional, Sequence
 
 import numpy as np
 import tvm
+from tvm.script import tirx as T
 
-from ..intrinsics.arm_neon import activation_zero_point
-from .arm_dense import dense_columns, dense_kernel, pack_dense_weights
+from ..intrinsics.arm_neon import SDOT, activation_zero_point, as_bytes, quad_lane, signed_bytes
 from .arm_depthwise import depthwise_kernel, pack_depthwise_weights
-from .arm_epilogue import encode_requant_rows
+from .arm_epilogue import encode_requant_rows, requant_vectors
 from .arm_gemm_conv import gemm_conv_kernel, pack_gemm_weights
-from .contract import ExactnessError, conv_operands, linear_operands, prepare_channels
+from .contract import ExactnessError, conv_operands, dtype_range, linear_operands, prepare_channels, scratch_scope
+from .dense import DenseIsa, dense_primfunc
 from .geometry import conv_geometry
 from .relax_call import emit_call_tir, kernel_info, with_info
-from .requant import group_rows, requant_params
+from .requant import RequantColumn as Col, RequantRows, group_rows, requant_params
 
 __all__ = ["conv2d_requant_primfunc", "linear_requant_primfunc", "emit_call_tir", "kernel_info", "ExactnessError",
            "check_target", "GEMM_TILES", "KERNEL_NAMES"]
@@ -108,5 +111,37 @@ def linear_requant_primfunc(x_shape: Sequence[int], x_dtype: str, w: np.ndarray,
     zp8, out_zp = activation_zero_point(x_dtype, x_zp), int(out_zp)
     ch = prepare_channels(w, bias, "int8", zp8, mult, shift, out_zp, lo, hi)
     rq = encode_requant_rows(requant_params(ch, mult, shift, out_zp, out_dtype))
-    func, info = dense_kernel(x_shape, x_dtype, o, rq, out_zp, out_dtype, name, vo=vo)
-    return with_info(func, info), [pack_dense_weights(ch.weights, vo), dense_columns(rq, o, vo, out_dtype)]
+    func, info, consts = dense_primfunc(DENSE, x_shape, x_dtype, ch.weights, rq, out_zp, out_dtype, name, vo=vo)
+    return with_info(func, info), consts
+
+
+# ----------------------------------------------------------------- what arm supplies to the shared loops
+
+
+def _signed_byte(x, row, column, m: int, k: int, x_dtype: str):
+    """Packed activation element: x[row, column] as int8 (uint8 flipped by −128; 0 past M
+    and K)."""
+    return T.if_then_else(tvm.tirx.And(row < m, column < k),
+                          signed_bytes(x[T.min(row, m - 1), T.min(column, k - 1)], x_dtype), T.int8(0))
+
+
+def _sdot_step(acc, weights, words, tile, step, substep, vector, row):
+    """``sdot`` into acc (int32x4): the 4 channels × 4 int8 weights of weight row
+    4·step + substep by quad ``substep`` of the 16 activations of ``row`` loaded at ``step``
+    (the indexed operand)."""
+    return SDOT(acc, as_bytes(weights[tile, step * 4 + substep, T.ramp(vector * 4, 1, 4)]),
+                quad_lane(words[row, T.ramp(step * 4, 1, 4)], substep))
+
+
+def _requantize_4(acc, column, rq: RequantRows, out_zp: int, out_dtype: str):
+    """``out_dtype`` x4 of an int32x4 accumulator (``arm_epilogue``)."""
+    return requant_vectors([acc], column(Col.MULTIPLIER), column(Col.SHIFT), T.Cast(f"{out_dtype}x4", column(Col.LO)),
+                           T.Cast(f"{out_dtype}x4", column(Col.HI)), rq, out_zp, out_dtype)
+
+
+# dense: 4 channels per int32x4, 16 int8 activations per load (4 indexed sdots), 4 rows × 4
+# vectors per task, one thread; the padding channels clamp to the output dtype's range
+DENSE = DenseIsa(lanes=4, group=4, substeps=4, rows=4, weight_dtype="int32", packed_dtype="int8", k_per_element=1,
+                 parallel=False, vectors_outer=False, scratch_scope=scratch_scope, pack_element=_signed_byte,
+                 multiply_accumulate=_sdot_step, requantize=_requantize_4,
+                 padding_columns=lambda out_dtype: dict(zip((Col.LO, Col.HI), dtype_range(out_dtype))))

@@ -21,6 +21,7 @@ from .contract import ExactnessError, ceil_div, scratch_scope
 from .geometry import ConvGeometry
 from .padded_copy import plane_copy_macro
 from .requant import RequantColumn as Col, RequantRows
+from .vector_store import vector_store_macro
 
 
 def depthwise_plan(kw: int, sw: int, dw: int) -> tuple[int, int]:
@@ -72,6 +73,7 @@ def depthwise_kernel(geom: ConvGeometry, x_dtype: str, zp8: int, rq: RequantRows
     plane = geom.padded_height * wp_ + 64
     copy = plane_copy_macro(geom, T.int8(zp8), lambda v: signed_bytes(v, x_dtype))
     taps = _taps(sw, dw)
+    store = vector_store_macro(wo, out_dtype, guarded=False)
 
     @T.prim_func
     def dwconv(x: T.Buffer((n, c, h, wd), x_dtype), wv: T.Buffer((o, weight_vectors, 4), "int32"),
@@ -102,16 +104,9 @@ def depthwise_kernel(geom: ConvGeometry, x_dtype: str, zp8: int, rq: RequantRows
                                     acc[T.ramp(v * 4, 1, 4)], taps(src, (y * sh + i * dh) * wp_ + xb * 4 * vectors * sw, v, q),
                                     quad_lane(wv[oo, (i * groups_per_row + q) // 4, T.ramp(0, 1, 4)],
                                               (i * groups_per_row + q) % 4))
-                    res = T.meta_var(requant_vectors([acc[T.ramp(v * 4, 1, 4)] for v in range(vectors)], m4, s4, lo, hi,
-                                                     rq, out_zp, out_dtype))
-                    if xb * 4 * vectors + 4 * vectors <= wo:
-                        out[nn, oo, y, T.ramp(xb * 4 * vectors, 1, width)] = res
-                    else:
-                        tmp = T.alloc_buffer((width,), out_dtype, scope="global")
-                        tmp[T.ramp(0, 1, width)] = res
-                        for lane in range(width):
-                            if xb * 4 * vectors + lane < wo:
-                                out[nn, oo, y, xb * 4 * vectors + lane] = tmp[lane]
+                    store(out, (nn, oo, y), xb * 4 * vectors, width,
+                          requant_vectors([acc[T.ramp(v * 4, 1, 4)] for v in range(vectors)], m4, s4, lo, hi, rq,
+                                          out_zp, out_dtype))
 
     info = dict(kind="depthwise", tap_groups=groups_per_row, vectors=vectors, epilogue=rq.mode, clamp=rq.clamp,
                 macs=n * o * ho * wo * kh * kw)

@@ -26,6 +26,7 @@ from .geometry import ConvGeometry
 from .padded_copy import plane_copy_macro
 from .requant import RequantColumn as Col, RequantRows
 from .tiling import PixelChunks, chunk_dispatch
+from .vector_store import vector_store_macro
 
 PACK_BYTES = 32768  # packed activations of one GEMM chunk: about half of a Cortex-A76's L1D
 VECTOR = 4  # int32 lanes: output pixels per vector
@@ -99,7 +100,7 @@ def pack_gemm_weights(weights: np.ndarray, groups: int, mo: int, mm: bool = Fals
 def _store_macro(lay: ArmGemmLayout, rq: RequantRows, out_zp: int, out_dtype: str):
     """Requantize the nv int32x4 accumulator ``vectors`` of output channel ``ch``
     (requantize row ``row``) and store them at pixels [pp, pp + 4·nv), those below P."""
-    pixels = lay.geom.out_pixels
+    store = vector_store_macro(lay.geom.out_pixels, out_dtype, guarded=False)
 
     @T.macro
     def requant_store(nv, vectors, row, ch, pp, rqb, out, nn):
@@ -107,14 +108,7 @@ def _store_macro(lay: ArmGemmLayout, rq: RequantRows, out_zp: int, out_dtype: st
             vectors, T.broadcast(rqb[row, Col.MULTIPLIER], 4), T.broadcast(rqb[row, Col.SHIFT], 4),
             T.broadcast(T.Cast(out_dtype, rqb[row, Col.LO]), nv * 4),
             T.broadcast(T.Cast(out_dtype, rqb[row, Col.HI]), nv * 4), rq, out_zp, out_dtype))
-        if pp + nv * 4 <= pixels:
-            out[nn, ch, T.ramp(pp, 1, nv * 4)] = res
-        else:
-            tmp = T.alloc_buffer((nv * 4,), out_dtype, scope="global")
-            tmp[T.ramp(0, 1, nv * 4)] = res
-            for lane in range(nv * 4):
-                if pp + lane < pixels:
-                    out[nn, ch, pp + lane] = tmp[lane]
+        store(out, (nn, ch), pp, nv * 4, res)
     return requant_store
 
 

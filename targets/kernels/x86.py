@@ -19,9 +19,10 @@ chosen kernel and tiling. ``ExactnessError`` (a ValueError) means "keep the defa
 lowering". ``threads``: the TVM runtime thread count the tiling is planned for.
 
 Kernels (``kernel_info(func)["kind"]``): "pointwise" and "im2col" (``x86_gemm_conv.py``),
-"depthwise" (``x86_depthwise.py``), "dense" (``x86_dense.py``), "pointwise_u8s8"
-(``x86_u8s8.py``, opt-in); the requantize epilogue is ``x86_epilogue.py``, the
-instruction steps ``targets/intrinsics/x86_avx2.py``'s. Exactness: every product is
+"depthwise" (``x86_depthwise.py``), "dense" (the shared loop nest of ``dense.py`` with
+``DENSE``, this ISA's description: int16 pairs, ``vpmaddwd``, the epilogue),
+"pointwise_u8s8" (``x86_u8s8.py``, opt-in); the requantize epilogue is
+``x86_epilogue.py``, the instruction steps ``targets/intrinsics/x86_avx2.py``'s. Exactness: every product is
 formed exactly and summed in int32 (``kernels/contract.py``); the input zero point is
 folded into the bias.
 
@@ -37,15 +38,17 @@ from typing import Optional, Sequence
 
 import numpy as np
 import tvm
+from tvm.script import tirx as T
 from tvm.target import codegen
 
+from ..intrinsics.x86_avx2 import PMADDWD
 from .contract import ExactnessError, ceil_div, conv_operands, linear_operands, prepare_channels
+from .dense import DenseIsa, dense_primfunc
 from .geometry import conv_geometry
 from .relax_call import emit_call_tir, kernel_info, with_info
-from .requant import group_rows, requant_params
+from .requant import RequantColumn as Col, RequantRows, group_rows, requant_params
 from .tiling import GemmPlan, choose_plan, default_threads
-from .x86_epilogue import encode_requant_rows
-from .x86_dense import dense_columns, dense_kernel, pack_dense_weights
+from .x86_epilogue import encode_requant_rows, narrow8, requant_lanes
 from .x86_depthwise import depthwise_kernel, pack_depthwise_weights
 from .x86_gemm_conv import gemm_conv_kernel, pack_weight_pairs
 from .x86_u8s8 import pointwise_u8s8
@@ -133,5 +136,38 @@ def linear_requant_primfunc(x_shape: Sequence[int], x_dtype: str, w: np.ndarray,
     o = w.shape[0]
     ch = prepare_channels(w, bias, x_dtype, int(x_zp), mult, shift, int(out_zp), lo, hi)
     rq = encode_requant_rows(requant_params(ch, mult, shift, int(out_zp), out_dtype))
-    func, info = dense_kernel(x_shape, x_dtype, o, rq, int(out_zp), out_dtype, name, vo=vo)
-    return with_info(func, info), [pack_dense_weights(ch.weights, vo), dense_columns(rq, o, vo)]
+    func, info, consts = dense_primfunc(DENSE, x_shape, x_dtype, ch.weights, rq, int(out_zp), out_dtype, name, vo=vo)
+    return with_info(func, info), consts
+
+
+# ----------------------------------------------------------------- what x86 supplies to the shared loops
+
+
+def _pair_word(x, row, pair, m: int, k: int, x_dtype: str):
+    """Packed activation element: x[row, 2·pair] and x[row, 2·pair + 1] as the low and high
+    int16 of one int32 (the last index repeated past K, where the weights are zero; 0 past
+    M rows), for ``vpmaddwd`` against a broadcast."""
+    first = T.Cast("int32", x[T.min(row, m - 1), pair * 2])
+    second = T.Cast("int32", x[T.min(row, m - 1), T.min(pair * 2 + 1, k - 1)])
+    low = (first & 0xFFFF) if x_dtype == "int8" else first
+    return T.if_then_else(row < m, low | (second << 16), 0)
+
+
+def _pmaddwd_step(acc, weights, words, tile, step, substep, vector, row):
+    """acc (int32x8) + ``vpmaddwd`` of the 8 channels × 2 int8 weights of weight row
+    ``step`` (sign-extended to int16) by activation pair ``step`` of ``row`` (broadcast)."""
+    return acc + PMADDWD(T.Cast("int16x16", weights[tile, step, T.ramp(vector * 16, 1, 16)]),
+                         T.reinterpret("int16x16", T.broadcast(words[row, step], 8)))
+
+
+def _requantize_8(acc, column, rq: RequantRows, out_zp: int, out_dtype: str):
+    """``out_dtype`` x8 of an int32x8 accumulator (``x86_epilogue``: requantize, saturating packs)."""
+    return narrow8(requant_lanes(acc, column, rq.mode, out_zp, rq.fold_zp, rq.clamp), out_dtype)
+
+
+# dense: 8 channels per int32x8, int16 activation pairs broadcast, 3 rows × 4 vectors per task,
+# parallel over tasks; the padding channels' columns give a harmless "fast" epilogue
+DENSE = DenseIsa(lanes=8, group=2, substeps=1, rows=3, weight_dtype="int8", packed_dtype="int32", k_per_element=2,
+                 parallel=True, vectors_outer=True, scratch_scope=lambda nbytes: "local", pack_element=_pair_word,
+                 multiply_accumulate=_pmaddwd_step, requantize=_requantize_8,
+                 padding_columns=lambda out_dtype: {Col.MULTIPLIER: 1 << 30, Col.SHIFT: 8, Col.HI: 255})

@@ -28,6 +28,7 @@ from .contract import ceil_div, scratch_scope
 from .geometry import ConvGeometry
 from .padded_copy import plane_copy_macro
 from .requant import RequantColumn as Col, RequantRows
+from .vector_store import vector_store_macro
 from .x86_epilogue import narrow16, requant_i32, requant_row
 
 EVEN_ODD_16 = [0, 4, 1, 5, 2, 6, 3, 7, 8, 12, 9, 13, 10, 14, 11, 15]  # packed [e0-3 o0-3 | e4-7 o4-7] → in order
@@ -228,34 +229,20 @@ def _rows_store_macro(steps: _Steps):
     ho, wo, stride_w = geom.out_height, geom.out_width, geom.stride[1]
     nvec, step_rows = plan.vectors, plan.rows
 
+    store_even_odd = vector_store_macro(wo, out_dtype)
+    store_consecutive = vector_store_macro(wo, out_dtype, guarded=False)
+
     @T.macro
     def store(acc, rqb, out, nn, oo, yb, xg):
         for r in T.unroll(step_rows):
             if yb * step_rows + r < ho:
                 if stride_w == 1:
                     for v in T.unroll(nvec):
-                        x0 = T.meta_var((xg * nvec + v) * 16)
-                        if x0 + 16 <= wo:
-                            out[nn, oo, yb * step_rows + r, T.ramp(x0, 1, 16)] = steps.finish_even_odd(
-                                acc, (r * nvec + v) * 16, oo, rqb)
-                        else:
-                            if x0 < wo:
-                                res = T.alloc_buffer((16,), out_dtype, scope="global")
-                                res[T.ramp(0, 1, 16)] = steps.finish_even_odd(acc, (r * nvec + v) * 16, oo, rqb)
-                                for lane in range(16):
-                                    if x0 + lane < wo:
-                                        out[nn, oo, yb * step_rows + r, x0 + lane] = res[lane]
+                        store_even_odd(out, (nn, oo, yb * step_rows + r), (xg * nvec + v) * 16, 16,
+                                       steps.finish_even_odd(acc, (r * nvec + v) * 16, oo, rqb))
                 else:
-                    x0 = T.meta_var(xg * nvec * 8)
-                    if x0 + nvec * 8 <= wo:
-                        out[nn, oo, yb * step_rows + r, T.ramp(x0, 1, nvec * 8)] = steps.finish_consecutive(
-                            acc, r * nvec * 8, nvec, oo, rqb)
-                    else:
-                        res = T.alloc_buffer((nvec * 8,), out_dtype, scope="global")
-                        res[T.ramp(0, 1, nvec * 8)] = steps.finish_consecutive(acc, r * nvec * 8, nvec, oo, rqb)
-                        for lane in range(nvec * 8):
-                            if x0 + lane < wo:
-                                out[nn, oo, yb * step_rows + r, x0 + lane] = res[lane]
+                    store_consecutive(out, (nn, oo, yb * step_rows + r), xg * nvec * 8, nvec * 8,
+                                      steps.finish_consecutive(acc, r * nvec * 8, nvec, oo, rqb))
     return store
 
 

@@ -188,12 +188,9 @@ def convert_observers(gm: fx.GraphModule) -> dict[str, QuantParams]:
     buffers). Returns {quantized value's node name: QuantParams}, also kept in
     gm.meta[meta.QPARAMS]."""
     mods = dict(gm.named_children())
-    chosen: dict[str, QuantParams] = {}
-    for name, m in mods.items():
-        if isinstance(m, ActivationObserver):
-            if not m.observed:
-                raise CalibrationError(f"calibration: node '{m.node_name}' saw no data (is it on a path the inputs reach?)")
-            chosen[name] = m
+    for m in mods.values():
+        if isinstance(m, ActivationObserver) and not m.observed:
+            raise CalibrationError(f"calibration: node '{m.node_name}' saw no data (is it on a path the inputs reach?)")
     quantizer_of: dict[str, fx.Node] = {}  # observer module -> the first quantize node reading its parameters
     result = {}
     for node in list(gm.graph.nodes):
@@ -212,7 +209,7 @@ def convert_observers(gm: fx.GraphModule) -> dict[str, QuantParams]:
         node.replace_all_uses_with(dq)
         gm.graph.erase_node(node)
         result[value.name] = params
-    for name in chosen:
+    for name in [n for n in mods if n.startswith(meta.OBSERVER_PREFIX)]:  # observers and shared quantizers
         if hasattr(gm, name):
             delattr(gm, name)
     gm.meta[meta.QPARAMS] = result

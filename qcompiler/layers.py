@@ -12,7 +12,7 @@ import torch.fx as fx
 from . import meta
 from .graph import get_tensor, run_on_constants, set_tensor, single_user
 from .ops import ACTIVATION, PASSTHROUGH, op_kind
-from .qparams import QuantParams, QuantParamsError, is_dequantize, is_qdq_pair, is_quantize, read_qparams
+from .qparams import QuantParams, is_dequantize, is_qdq_pair, is_quantize, read_qparams
 from .scheme import QuantSpec
 
 qd = torch.ops.quantized_decomposed
@@ -63,11 +63,7 @@ class QuantLayer:
     def weight_scales(self, gm: fx.GraphModule) -> torch.Tensor:
         """float64 (out channels,): one scale per output channel (expanded from a
         per-tensor or per-group weight quantizer)."""
-        params = self.weight_params(gm)
-        if params.axis not in (None, 0):
-            raise QuantParamsError(f"layer '{self.name}': its weight is quantized along axis {params.axis}; the integer "
-                                   "program takes weights quantized per tensor or per output channel (axis 0)")
-        return params.channel_scales(self.weight_int(gm).shape[0])[0]
+        return self.weight_params(gm).output_channel_scales(self.weight_int(gm).shape[0], f"layer '{self.name}'")
 
     def weight_spec(self) -> QuantSpec:
         return self.node.meta[meta.WEIGHT_SPEC]

@@ -116,6 +116,15 @@ class QuantParams:
             raise QuantParamsError(f"{s.numel()} scales for {channels} channels")
         return s.clone(), z.clone()
 
+    def output_channel_scales(self, channels: int, where: str) -> torch.Tensor:
+        """float64 (channels,): a weight's scale per output channel (axis 0), groups
+        expanded and a per-tensor scale repeated. QuantParamsError naming ``where`` if the
+        weight is quantized along another axis (the integer program cannot take it)."""
+        if self.axis not in (None, 0):
+            raise QuantParamsError(f"{where}: its weight is quantized along axis {self.axis}; the integer program takes "
+                                   "weights quantized per tensor, or per output channel or group of them (axis 0)")
+        return self.channel_scales(channels)[0]
+
     def same_as(self, other: "QuantParams") -> bool:
         return (self.qmin, self.qmax, self.dtype, self.axis, self.group_size) == (
             other.qmin, other.qmax, other.dtype, other.axis, other.group_size) and torch.equal(
@@ -173,7 +182,7 @@ def _param_nodes(gm: fx.GraphModule, params: QuantParams, name: str, before: fx.
     return s_node, z_node
 
 
-def qdq_args(params: QuantParams, value: Any, scale: Any, zero_point: Any) -> tuple[Any, Any, tuple]:
+def qdq_args(params: QuantParams, scale: Any, zero_point: Any) -> tuple[Any, Any, tuple]:
     """(quantize target, dequantize target, the arguments after the tensor) of a quantizer."""
     if params.per_tensor:
         return qd.quantize_per_tensor.tensor, qd.dequantize_per_tensor.tensor, (
@@ -193,7 +202,7 @@ def insert_quantizer(gm: fx.GraphModule, value: fx.Node, params: QuantParams, na
         s_node, z_node = shared.args[1], shared.args[2]
     else:
         s_node, z_node = _param_nodes(gm, params, name, anchor)
-    q_target, dq_target, rest = qdq_args(params, value, s_node, z_node)
+    q_target, dq_target, rest = qdq_args(params, s_node, z_node)
     with gm.graph.inserting_before(anchor):
         q = gm.graph.call_function(q_target, (value, *rest))
         dq = gm.graph.call_function(dq_target, (q, *rest))
@@ -204,7 +213,7 @@ def insert_dequantize(gm: fx.GraphModule, q_node: fx.Node, params: QuantParams, 
     """A dequantize of the integer constant ``q_node`` (a weight), before ``before``, its
     parameters in new buffers named after ``name``."""
     s_node, z_node = _param_nodes(gm, params, name, before)
-    _, dq_target, rest = qdq_args(params, q_node, s_node, z_node)
+    _, dq_target, rest = qdq_args(params, s_node, z_node)
     with gm.graph.inserting_before(before):
         return gm.graph.call_function(dq_target, (q_node, *rest))
 

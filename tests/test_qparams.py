@@ -64,6 +64,7 @@ def test_every_activation_quantizer_reads_float64_buffers_and_they_are_live():
     sim = qm.graph
     quantizers = [n for n in sim.graph.nodes if is_quantize(n)]
     assert quantizers
+    assert not [name for name, _ in sim.named_children() if name.startswith(qcompiler.meta.OBSERVER_PREFIX)]  # shared ones too
     for q in quantizers:
         scale, zp = q.args[1], q.args[2]
         assert scale.op == "get_attr" and zp.op == "get_attr", q.name

@@ -12,7 +12,7 @@ import torch.fx as fx
 
 from ..fixed_point import quantize_bias, quantize_multipliers
 from ..graph import node_label
-from ..qparams import DEQUANTIZE_OPS, read_qparams
+from ..qparams import DEQUANTIZE_OPS, QuantParamsError, read_qparams
 from .convert import ConversionError, IntValue, Match
 
 qd = torch.ops.quantized_decomposed
@@ -42,10 +42,10 @@ def weighted_operands(cv, m: Match) -> WeightedOperands:
         raise ConversionError(f"{node_label(op)}: its weight is not quantized (kept in float by an override?)")
     w = cv.tensor(wdq.args[0]).to(torch.int64)
     params = read_qparams(cv.sim, wdq)
-    if params.axis not in (None, 0):
-        raise ConversionError(f"{node_label(op)}: its weight is quantized along axis {params.axis}; the integer program "
-                              "takes weights quantized per tensor, or per output channel or group of them (axis 0)")
-    w_scales = params.channel_scales(w.shape[0])[0].numpy()
+    try:
+        w_scales = params.output_channel_scales(w.shape[0], node_label(op)).numpy()
+    except QuantParamsError as e:
+        raise ConversionError(str(e)) from None
     channels = w.shape[0]
     bias = op.args[2] if len(op.args) > 2 else None
     if isinstance(bias, fx.Node) and bias.target == qd.dequantize_per_channel.default:  # the int32 bias of the simulation

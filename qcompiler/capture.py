@@ -1,9 +1,10 @@
 """Capture: ``torch.export`` a model (in eval mode) into an fx GraphModule of core ATen ops.
 
-``aten.linear`` is kept whole (as PT2E does) rather than decomposed into permute+addmm, so
-that a linear layer's weight stays recognisable to the passes, and so are the unary
-activations core ATen would split (hardswish, hardsigmoid, silu, mish, softplus), so that each
-stays one op; everything else is core ATen.
+The ops the registry marks ``Source(keep_whole=True)`` are kept whole rather than decomposed:
+``aten.linear`` (as PT2E does), so that a linear layer's weight stays recognisable to the
+passes, the unary activations core ATen would split (hardswish, hardsigmoid, silu, mish,
+softplus), so that each stays one op, and ops whose integer form is one op (``aten.pad``);
+everything else is core ATen.
 Parameters and buffers are copied: no pass can write into the user's model.
 """
 from __future__ import annotations
@@ -24,21 +25,19 @@ from . import meta
 from .errors import CaptureError
 from .inputs import InputError, as_input_tuple
 from .log import logger
+from .ops import keep_whole_ops
 
 _TORCH_DIR = os.path.dirname(torch.__file__)
 
 
 aten = torch.ops.aten
 
-# Kept whole instead of decomposed: a linear layer's weight stays recognisable, and each unary
-# activation stays one op (one 256-entry table in the integer program, not 3–5 quantized ops).
-KEEP_WHOLE = (aten.linear.default, aten.hardswish.default, aten.hardsigmoid.default, aten.silu.default,
-              aten.mish.default, aten.softplus.default)
-
-
 def _decomposition_table() -> dict:
+    """torch.export's default decompositions, less the ops the registry keeps whole
+    (``Source(keep_whole=True)``: aten.linear, the unary activations one table computes,
+    aten.pad, ...)."""
     table = torch.export.default_decompositions()
-    for op in KEEP_WHOLE:
+    for op in keep_whole_ops():
         table.pop(op, None)
     return table
 

@@ -10,7 +10,7 @@ from . import (add, avg_pool2d, clamp, concat, conv2d, dequantize, layout, linea
                quantize, requantize, upsample_nearest2d)
 from .convert import ConversionError, IntValue, Match, QParams
 from .registry import (ACTIVATION, KINDS, OPS, OWN, PASSTHROUGH, SHARED, TORCH_TO_NUMPY, WEIGHTED, OpDef, OpRegistryError, Rule,
-                       Source, SourceView, arg_check, find_op, fuses_activations, get_op, op_arg, op_for_target, op_kind, op_name, op_of,
+                       Source, SourceView, arg_check, find_op, fuses_activations, get_op, keep_whole_ops, op_arg, op_for_target, op_kind, op_name, op_of,
                        register_op, rules_for, source_of)
 
 BUILTIN_OPS = [
@@ -43,6 +43,6 @@ qc = torch.ops.qcompiler
 """``qc.conv2d.default`` etc.: the torch ops of the integer ops."""
 
 __all__ = ["OPS", "BUILTIN_OPS", "OpDef", "Rule", "Source", "register_op", "get_op", "find_op", "op_for_target", "op_of", "op_kind",
-           "source_of", "rules_for", "fuses_activations", "arg_check", "op_arg", "op_name", "OpRegistryError",
+           "source_of", "keep_whole_ops", "rules_for", "fuses_activations", "arg_check", "op_arg", "op_name", "OpRegistryError",
            "ConversionError", "IntValue", "Match", "QParams", "TORCH_TO_NUMPY", "qc", "KINDS",
            "CLAMP_BOUNDS", "WEIGHTED", "ACTIVATION", "OWN", "SHARED", "PASSTHROUGH"]

@@ -55,7 +55,7 @@ OP = OpDef(
     schema=("(Tensor x, Tensor w, Tensor bias, int x_zp, Tensor mult, Tensor shift, int out_zp, Tensor lo, Tensor hi, "
             "ScalarType out_dtype) -> Tensor"),
     reference=reference, out_dtype=9, lowering=lowering,
-    sources={aten.linear.default: Source(WEIGHTED)},
+    sources={aten.linear.default: Source(WEIGHTED, keep_whole=True)},  # its weight stays recognisable
     rules=(Rule((aten.linear.default,), convert, fuses_activations=True),),
     macs=macs, data_args=DATA_ARGS, kernel_words=("linear", "matmul"),
 )

@@ -46,7 +46,7 @@ def lowering(ctx, node, args, kwargs):
 OP = OpDef(
     name="lut", doc="unary elementwise op as a table of every input code's result",
     schema="(Tensor x, Tensor table, int qmin) -> Tensor", reference=reference, out_dtype="table", lowering=lowering,
-    sources={t: Source(OWN) for t in SOURCES},
+    sources={t: Source(OWN, keep_whole=True) for t in SOURCES},  # one table, not 3–5 quantized ops
     rules=(Rule(SOURCES, convert),),
     data_args=((1, None),), kernel_words=("take",),
 )

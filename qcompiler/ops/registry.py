@@ -68,12 +68,16 @@ class Source:
     on_integers: for a passthrough op, ``on_integers(cv, node, x) -> fx.Node``: the node
         that computes it on the integer value ``x`` (an ``IntValue``) in the program; the
         default runs the same op on the integers.
+    keep_whole: capture keeps this op whole instead of decomposing it (``torch.export``'s
+        default decompositions would split it into several ops, e.g. ``aten.pad`` with
+        mode="reflect" into index arithmetic, ``aten.linear`` into permute + addmm).
     """
 
     kind: str
     check: Optional[NodeCheck] = None
     bounds: Optional[Callable[[fx.Node], tuple]] = None
     on_integers: Optional[Callable[[Any, fx.Node, Any], fx.Node]] = None
+    keep_whole: bool = False
 
 
 @dataclass(frozen=True)
@@ -268,6 +272,11 @@ def source_of(target: Any) -> Optional[Source]:
         return _SOURCES.get(target)
     except TypeError:
         return None
+
+
+def keep_whole_ops() -> list:
+    """The float ops capture keeps whole (every registered source with ``keep_whole``)."""
+    return [target for target, source in _SOURCES.items() if source.keep_whole]
 
 
 def op_kind(target: Any) -> Optional[str]:

@@ -13,7 +13,7 @@ import torch
 import torch.fx as fx
 
 from qcompiler import meta
-from qcompiler.errors import QCompilerError, UnsupportedOpError, did_you_mean
+from qcompiler.errors import OverrideError, QCompilerError, UnsupportedOpError, did_you_mean
 from qcompiler.graph import add_constant, aten, get_tensor, getitem_users, layer_view, node_label, single_user, source_location
 from qcompiler.observers import ActivationObserver, weight_qparams
 from qcompiler.qparams import DEQUANTIZE_OPS, QUANTIZE_OPS, QuantParams, insert_dequantize
@@ -45,9 +45,9 @@ def _parse_override(key: str, value: OverrideValue) -> NodeOverride:
     if isinstance(value, dict):
         unknown = set(value) - {"float", "weights", "activations"}
         if unknown:
-            raise QCompilerError(f"override for '{key}': unknown keys {sorted(unknown)}; use 'float', 'weights', 'activations'")
+            raise OverrideError(f"override for '{key}': unknown keys {sorted(unknown)}; use 'float', 'weights', 'activations'")
         return NodeOverride(**value)
-    raise QCompilerError(f"override for '{key}' must be 'float', a dict or a NodeOverride, got {value!r}")
+    raise OverrideError(f"override for '{key}' must be 'float', a dict or a NodeOverride, got {value!r}")
 
 
 class SharedQuantizer(torch.nn.Module):
@@ -144,11 +144,12 @@ class InsertQuantizers(Pass):
                     if n.op == "call_function" and op_name(n.target) == full:
                         resolved.setdefault(n, override)
             else:
-                problems.append(f"'{key}'{did_you_mean(key, list(by_name) + list(ops) + list(short))}")
+                problems.append(f"'{key}'{did_you_mean(key, list(by_name) + list(ops) + list(short), n=3)}")
         if problems:
-            raise QCompilerError(
+            raise OverrideError(
                 "overrides name nodes or ops that are not in the graph: " + ", ".join(problems)
-                + ". Keys are node names (as qm.analyze() prints them) or op names such as 'aten.hardswish.default' or 'hardswish'."
+                + ". Keys are node names (as qm.analyze() and quantize's errors print them) or op names such as "
+                "'aten.hardswish.default' or 'hardswish'. The ops in this graph: " + ", ".join(sorted(short)) + "."
             )
         return resolved
 

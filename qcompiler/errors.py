@@ -25,15 +25,28 @@ class GraphError(QCompilerError):
     """A graph is malformed or does not have the form a pass needs."""
 
 
-def did_you_mean(name: str, choices: list[str]) -> str:
-    """' (did you mean 'x'?)' for the closest of ``choices``, or '' if none is close."""
+def did_you_mean(name: str, choices: list[str], n: int = 1) -> str:
+    """' (did you mean 'x'?)' for the closest of ``choices`` (up to ``n`` of them: 'x', 'y'
+    or 'z'), or '' if none is close."""
     import difflib
 
-    close = difflib.get_close_matches(name, choices, n=1)
-    return f" (did you mean '{close[0]}'?)" if close else ""
+    close = difflib.get_close_matches(name, list(dict.fromkeys(choices)), n=n)
+    if not close:
+        return ""
+    quoted = [f"'{c}'" for c in close]
+    return f" (did you mean {' or '.join(quoted) if len(quoted) < 3 else ', '.join(quoted[:-1]) + ' or ' + quoted[-1]}?)"
 
 
-class UnsupportedOpError(QCompilerError):
+class UserInputError(QCompilerError):
+    """The user's model or arguments are at fault, not a pass: the PassManager lets these
+    through unwrapped (their message already says what and the fix)."""
+
+
+class OverrideError(UserInputError):
+    """An override names no node or op of the graph, or has a malformed value."""
+
+
+class UnsupportedOpError(UserInputError):
     """Nodes whose op has no integer form and that nothing lets run in float.
 
     ``overrides``: {node name: "float"}, the overrides that keep every one of them in float

@@ -12,6 +12,7 @@ model allows it): any size is accepted there.
 """
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from typing import Any, Iterable, Optional, Sequence
 
@@ -223,3 +224,34 @@ def check_built_inputs(inputs: Sequence, types: Sequence[tuple[tuple[int, ...], 
                              f"Fix: {hint}")
         arrays.append(np.ascontiguousarray(array))
     return arrays
+
+
+def example_from_calibration(model: Any, calibration: Any) -> tuple[tuple, Any]:
+    """(example inputs, calibration) when only calibration data is given: the first batch
+    is the example (a tensor of samples: its first CALIBRATION_BATCH of them). A one-shot
+    iterator (a generator) is read into a list first, so that calibration still sees every
+    batch. Raises InputError if there is no data or the first batch holds no tensors."""
+    if calibration is None:
+        raise InputError("give example_inputs, or calibration data whose first batch can stand for them "
+                         "(qcompile(model, calibration=loader, target=...))")
+    if isinstance(calibration, np.ndarray):
+        calibration = torch.from_numpy(calibration)
+    if isinstance(calibration, torch.Tensor):
+        if calibration.dim() == 0 or len(calibration) == 0:
+            raise InputError(f"calibration: a tensor of shape {tuple(calibration.shape)} holds no samples")
+        return (calibration[:CALIBRATION_BATCH],), calibration
+    if iter(calibration) is calibration:
+        calibration = list(calibration)
+    first = next(iter(calibration), None)
+    if first is None:
+        raise InputError("calibration data is empty: give at least one batch")
+    if isinstance(first, torch.Tensor):
+        return (first,), calibration
+    forward = getattr(model, "forward", None)
+    n_inputs = len([p for p in inspect.signature(forward).parameters.values()
+                    if p.default is p.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]) if forward else 1
+    if isinstance(first, (tuple, list)) and len(first) >= n_inputs and all(isinstance(t, torch.Tensor) for t in first[:n_inputs]):
+        return tuple(first[:n_inputs]), calibration
+    raise InputError(f"calibration batch 0 is a {type(first).__name__}; give tensors, or tuples/lists whose first "
+                     f"{n_inputs} element(s) are the model's inputs (a DataLoader of (inputs, labels) works)")
+

@@ -23,7 +23,11 @@ from .scheme import QuantSpec
 METHODS = ("minmax", "mse", "percentile")
 _SAMPLE_PER_BATCH = 1 << 16
 _SAMPLE_CAP = 1 << 20
-MIN_SCALE = 2.0**-100  # a normal float32 whose reciprocal is finite in float32
+MIN_SCALE = 2.0**-23
+"""The smallest scale of any quantizer (activations and weights): float32's machine epsilon,
+PyTorch's observers' ``eps``. The simulation computes in float32, so a value that is zero up to
+float32 rounding (a layer whose terms cancel) must not get a step finer than that rounding,
+or the simulation would sit many steps from the integer program's exact 0 (docs/quantization.md)."""
 ZERO_RANGE_SCALE = 2.0**-8  # any scale represents an all-zero tensor; a fine one keeps int32 biases (s_x·s_w) fine
 
 
@@ -33,7 +37,8 @@ class CalibrationError(QCompilerError):
 
 def qparams_from_range(lo: float, hi: float, spec: QuantSpec) -> tuple[float, int]:
     """(scale, zero point) for the range [lo, hi] (widened to include 0). Symmetric specs
-    use max(|lo|, |hi|) and z = 0. A zero-width range (every value 0) gets scale 2^-8."""
+    use max(|lo|, |hi|) and z = 0. A zero-width range (every value 0) gets scale 2^-8; no
+    scale is below MIN_SCALE (2^-23)."""
     lo, hi = min(float(lo), 0.0), max(float(hi), 0.0)  # zero must be representable
     if spec.symmetric:
         amax = max(-lo, hi)

@@ -30,12 +30,13 @@ class PassReport:
     relative to the graph before it, and the accumulated error relative to the input graph."""
 
     records: list[PassRecord] = field(default_factory=list)
+    recipe: str = ""  # what quantize chose to run and why (qcompiler.recipe), '' outside quantize
 
     def table(self) -> Any:
         """The report as a rich Table (rich is imported here, not when qcompiler is)."""
         from rich.table import Table
 
-        t = Table(title="pass report")
+        t = Table(title="pass report" + (f" ({self.recipe})" if self.recipe else ""))
         for col, just in (("pass", "left"), ("time (ms)", "right"), ("ops changed", "right"), ("tensors changed", "right"),
                           ("max abs err", "right"), ("rel err", "right"), ("total rel err", "right"), ("what it did", "left")):
             t.add_column(col, justify=just)

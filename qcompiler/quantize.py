@@ -4,7 +4,7 @@ with a target's scheme, then build (qcompiler.compiled)."""
 from __future__ import annotations
 
 import time
-from typing import Any, Iterable, Optional, Sequence
+from typing import Any, Iterable, Optional, Sequence, Union
 
 import torch
 import torch.fx as fx
@@ -15,12 +15,13 @@ from .analysis import analyze
 from .capture import capture
 from .compiled import CompiledModel, compile_model
 from .graph import clone_graph
-from .inputs import InputSpec, as_input_tuple, calibration_source, check_inputs, input_specs
+from .inputs import InputSpec, as_input_tuple, calibration_source, check_inputs, example_from_calibration, input_specs
 from .errors import ConversionError
 from .integer import to_integer_program
 from .interpreter import interpret
 from .pass_manager import PassContext, PassLike, PassManager, PassReport
 from .qparams import QuantParams, qparams_by_value
+from .recipe import plan
 from .passes import Calibrate, InsertQuantizers
 from .passes.insert_quantizers import unsupported_error
 from .passes.calibrate import batch_inputs
@@ -125,15 +126,21 @@ def make_scheme(bits: int, activation_bits: int, scheme: Optional[QuantScheme]) 
 
 
 def quantize(model: torch.nn.Module, example_inputs: Any, bits: int = 8, activation_bits: int = 8,
-             calibration: Optional[Iterable] = None, method: str = "minmax",
-             passes: Sequence[PassLike] = DEFAULT_FLOAT_PASSES, ptq: Sequence[PassLike] = (),
+             calibration: Optional[Iterable] = None, method: Optional[str] = None,
+             passes: Optional[Sequence[PassLike]] = None, ptq: Union[str, Sequence[PassLike], None] = None,
              scheme: Optional[QuantScheme] = None, overrides: Optional[dict] = None,
              progress: Optional[bool] = None, verify: bool = False) -> QuantizedModel:
-    """Quantize ``model``: capture, float ``passes`` (default fold_bn; add "equalize" for CLE),
-    insert quantizers per the scheme (``bits``-bit weights, ``activation_bits``-bit
-    activations, or a full ``scheme``), calibrate on ``calibration`` (a DataLoader or any
-    iterable of batches; default: the example inputs) with ``method`` (minmax, mse,
-    percentile), then the PTQ passes in ``ptq`` (e.g. "bias_correction", "adaround").
+    """Quantize ``model``: capture, float ``passes``, insert quantizers per the scheme
+    (``bits``-bit weights, ``activation_bits``-bit activations, or a full ``scheme``),
+    calibrate on ``calibration`` (a DataLoader or any iterable of batches; default: the
+    example inputs) with ``method`` (minmax, mse, percentile), then the PTQ passes in ``ptq``
+    (e.g. ["bias_correction"], ["adaround"]).
+    Defaults (qcompiler.recipe): with calibration data, the white paper's standard PTQ
+    pipeline: fold_bn, CLE where weights are per tensor, MSE ranges, bias correction;
+    ``ptq="auto"`` uses AdaRound instead of bias correction (slower, usually better);
+    ``ptq="minmax"`` is the plain baseline (min/max ranges, no PTQ), which is also the
+    default without calibration data. Arguments given explicitly win over the recipe; the
+    pass report's title names what ran.
     ``example_inputs``: a tensor, or a tuple/list of the model's positional inputs. A single
     tensor as ``calibration`` is a set of samples along dimension 0, split into batches
     (qcompiler.inputs.calibration_source); every batch is checked against the example's
@@ -144,15 +151,18 @@ def quantize(model: torch.nn.Module, example_inputs: Any, bits: int = 8, activat
     the node; write the full op name ("aten.hardtanh.default") to mean every such op.
     """
     q_scheme = make_scheme(bits, activation_bits, scheme)
+    recipe = ptq if isinstance(ptq, str) else None
+    steps = plan(recipe, method, passes, None if isinstance(ptq, str) else ptq, q_scheme, calibration is not None,
+                 DEFAULT_FLOAT_PASSES)
     inputs = as_input_tuple(example_inputs)
     gm = model if isinstance(model, fx.GraphModule) else capture(model, inputs)
     calibration = [inputs] if calibration is None else calibration_source(calibration, input_specs(gm, inputs))
-    float_result = PassManager(list(passes), verify=verify).run(gm, inputs)
+    float_result = PassManager(list(steps.passes), verify=verify).run(gm, inputs)
     float_graph = clone_graph(float_result.gm)
     ctx = PassContext(example_inputs=inputs, calibration=calibration, float_graph=float_graph, progress=progress)
-    quant_passes = [InsertQuantizers(q_scheme, overrides, method), Calibrate(progress=progress), *ptq]
+    quant_passes = [InsertQuantizers(q_scheme, overrides, steps.method), Calibrate(progress=progress), *steps.ptq]
     result = PassManager(quant_passes).run(float_result.gm, inputs, ctx)
-    report = PassReport(float_result.report.records + result.report.records)
+    report = PassReport(float_result.report.records + result.report.records, recipe=steps.summary)
     qm = QuantizedModel(float_graph, result.gm, q_scheme, report, inputs)
     qm._program = integer_program_or_raise(result.gm, q_scheme)
     return qm
@@ -185,11 +195,15 @@ def from_pt2e(graph: fx.GraphModule, example_inputs: Any, float_graph: Optional[
     return QuantizedModel(float_graph if float_graph is not None else graph, graph, scheme, PassReport(), inputs)
 
 
-def qcompile(model: torch.nn.Module, example_inputs: Any, target: str = "host", bits: int = 8,
+def qcompile(model: torch.nn.Module, example_inputs: Any = None, target: str = "host", bits: int = 8,
              threads: Optional[int] = None, progress: Optional[bool] = None, **quantize_kwargs: Any) -> CompiledModel:
     """``quantize`` with the target's scheme, then ``compile``: the one-line promise.
+    ``example_inputs`` may be left out when ``calibration`` is given: its first batch is
+    the example (``qcompile(model, target="arm_cpu", bits=8, calibration=loader)``).
     ``threads``: see ``compile_model``; ``progress``: see qcompiler.progress.
     ``quantize_kwargs`` go to qcompiler.quantize (calibration, method, passes, ptq, overrides...)."""
+    if example_inputs is None:
+        example_inputs, quantize_kwargs["calibration"] = example_from_calibration(model, quantize_kwargs.get("calibration"))
     info = get_target(target)
     quantize_kwargs.setdefault("scheme", info.scheme())
     start = time.perf_counter()

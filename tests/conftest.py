@@ -1,4 +1,7 @@
+import os
+
 import pytest
+import torch
 from hypothesis import settings
 
 import qcompiler.testing  # noqa: F401  registers the "qcompiler" hypothesis profile
@@ -18,3 +21,10 @@ def verify_after_every_pass():
     with lint=False: a pass that leaves a malformed graph fails the test with a PassError."""
     with checks_after_every_pass(verify_graph):
         yield
+
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # Each xdist worker is one of ``-n`` processes sharing the cores: torch's intra-op threads
+    # would oversubscribe them, and its OpenMP workers then wait on each other (a 10k-element
+    # torch.round measured 20 ms with 2 threads under load, 0.01 ms with 1).
+    torch.set_num_threads(1)

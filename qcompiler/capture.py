@@ -23,7 +23,7 @@ import torch.fx as fx
 
 from . import meta
 from .errors import CaptureError
-from .inputs import InputError, as_input_tuple
+from .inputs import InputError, as_input_tuple, check_example_inputs
 from .log import logger
 from .ops import keep_whole_ops
 
@@ -47,6 +47,35 @@ def _as_tuple(example_inputs: Any) -> tuple:
         return as_input_tuple(example_inputs)
     except InputError as exc:
         raise CaptureError(str(exc)) from None
+
+
+def _dtype_hint(model: torch.nn.Module, inputs: tuple, exc: BaseException) -> str:
+    """A line naming an example input whose dtype differs from the model's parameters, when
+    torch's error is a dtype mismatch (an int64 image into a conv); '' otherwise."""
+    text = str(exc).lower()
+    if not any(w in text for w in ("type", "dtype")):
+        return ""
+    for i, t in enumerate(inputs):
+        if isinstance(t, torch.Tensor) and not t.is_floating_point() and any(True for _ in model.parameters()):
+            return (f"  likely cause:   example input {i} is {str(t.dtype).replace('torch.', '')}, the model's parameters "
+                    f"are float32. Fix: convert it, e.g. x.float()\n")
+    return ""
+
+
+def _check_float32(model: torch.nn.Module) -> None:
+    """qcompiler quantizes float32 models: a CaptureError naming the other dtypes otherwise."""
+    dtypes = {t.dtype for t in [*model.parameters(), *model.buffers()] if t.is_floating_point()} - {torch.float32}
+    if dtypes:
+        names = "/".join(sorted(str(d).replace("torch.", "") for d in dtypes))
+        raise CaptureError(f"{type(model).__name__} has {names} parameters or buffers: qcompiler quantizes float32 "
+                           f"models. Fix: call model.float() and give float32 inputs (x.float())")
+
+
+def _outputs_hold_tensors(gm: fx.GraphModule) -> bool:
+    output = next(n for n in reversed(gm.graph.nodes) if n.op == "output")
+    found = []
+    fx.node.map_arg(output.args, found.append)
+    return bool(found)
 
 
 def _check_arity(model: torch.nn.Module, inputs: tuple) -> None:
@@ -199,6 +228,8 @@ def capture(model: torch.nn.Module, example_inputs: Any, *, dynamic_batch: bool 
     if not isinstance(model, torch.nn.Module):
         raise CaptureError(f"capture() takes a torch.nn.Module, got {type(model).__name__}")
     inputs = _as_tuple(example_inputs)
+    _check_float32(model)
+    check_example_inputs(model, inputs)
     _check_arity(model, inputs)
     modes = {m: m.training for m in model.modules()}
     _warn_training(model)
@@ -217,7 +248,8 @@ def capture(model: torch.nn.Module, example_inputs: Any, *, dynamic_batch: bool 
             f"  failing module: {where}\n"
             + (f"  failing line:   {line}\n" if line else "")
             + f"  torch says:     {type(exc).__name__}: {first_line}\n"
-            "  what to try: make the model's forward free of Python control flow on tensor values "
+            + _dtype_hint(model, inputs, exc)
+            + "  what to try: make the model's forward free of Python control flow on tensor values "
             "(use torch.where / torch.cond), of .item()/.tolist() and of in-place changes to module "
             "state; pass example_inputs with the shapes you will run; or capture the submodule "
             "that exports and handle the rest outside. The full torch error is chained below."
@@ -226,6 +258,10 @@ def capture(model: torch.nn.Module, example_inputs: Any, *, dynamic_batch: bool 
         stack.remove()
         for m, mode in modes.items():  # each module's own flag, as the user set it
             m.training = mode
+    if not _outputs_hold_tensors(gm):
+        raise CaptureError(f"{type(model).__name__}.forward returns no tensor (it returned a constant: None, a string or "
+                           f"numbers), so there is nothing to quantize. Fix: return the output tensor(s), e.g. "
+                           f"`return y` or a tuple/dict of tensors")
     for name, p in list(gm.named_parameters()):
         owner = gm.get_submodule(name.rpartition(".")[0]) if "." in name else gm
         owner._parameters[name.rpartition(".")[2]] = torch.nn.Parameter(p.detach().clone(), requires_grad=False)

@@ -227,12 +227,21 @@ def read_manifest(directory: str | os.PathLike) -> tuple[Path, dict]:
     """The export ``directory`` (absolute) and its manifest; ExportError if it holds none."""
     directory = Path(directory).expanduser().resolve()
     path = directory / MANIFEST
+    if not directory.exists():
+        raise ExportError(f"{directory} does not exist: give the directory cm.export(dir) wrote")
+    if not directory.is_dir():
+        raise ExportError(f"{directory} is a file, not an export directory: give the directory cm.export(dir) wrote "
+                          f"(the one holding {MANIFEST}), e.g. {directory.parent}")
     try:
         manifest = json.loads(path.read_text())
     except FileNotFoundError:
         raise ExportError(f"{directory} holds no qcompiler export (no {MANIFEST}); export one with cm.export(dir)") from None
     except (OSError, ValueError) as exc:
-        raise ExportError(f"cannot read {path}: {exc}") from exc
+        raise ExportError(f"cannot read {path}: {exc}. The export is damaged: export it again with cm.export(dir)") from exc
     if previous_export_files(directory) is None:
-        raise ExportError(f"{path} is not a qcompiler manifest (no 'format': '{FORMAT}')")
+        raise ExportError(f"{path} is not a qcompiler manifest (no 'format': '{FORMAT}'); export again with cm.export(dir)")
+    missing = [k for k in ("target", "library", "inputs") if k not in manifest]
+    if missing or not isinstance(manifest.get("inputs"), list):
+        raise ExportError(f"{path} lacks {', '.join(missing) or 'a list of inputs'}: the export is damaged or from "
+                          f"another tool. Fix: export it again with cm.export(dir)")
     return directory, manifest

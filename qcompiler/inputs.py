@@ -13,12 +13,14 @@ model allows it): any size is accepted there.
 from __future__ import annotations
 
 import inspect
+import os
 from dataclasses import dataclass
 from typing import Any, Iterable, Optional, Sequence
 
 import numpy as np
 import torch
 import torch.fx as fx
+import torch.utils.data
 
 from . import meta
 from .errors import QCompilerError
@@ -50,13 +52,39 @@ class InputSpec:
 
 def as_input_tuple(inputs: Any, what: str = "example_inputs") -> tuple:
     """``inputs`` as a tuple of positional inputs: a tensor or array is one input; a tuple
-    or a list holds one per input."""
+    or a list holds one per input. numpy arrays become tensors (``torch.from_numpy``)."""
     if isinstance(inputs, (torch.Tensor, np.ndarray)):
-        return (inputs,)
+        inputs = (inputs,)
     if isinstance(inputs, (tuple, list)):
-        return tuple(inputs)
+        return tuple(torch.from_numpy(np.ascontiguousarray(v)) if isinstance(v, np.ndarray) else v for v in inputs)
     raise InputError(f"{what} must be a tensor or a tuple (or list) of the model's positional inputs; "
                      f"got {type(inputs).__name__}")
+
+
+def _numbers_only(value: Any) -> bool:
+    """True for a (nested) list/tuple of Python numbers: data that should have been a tensor."""
+    if isinstance(value, (bool, int, float)):
+        return True
+    return isinstance(value, (list, tuple)) and len(value) > 0 and all(_numbers_only(v) for v in value)
+
+
+def check_example_inputs(model: torch.nn.Module, inputs: tuple) -> None:
+    """The example inputs (``as_input_tuple``'s result) are something qcompiler can capture:
+    tensors, not lists of numbers; with at least one value; float32 where floating-point
+    (the model's dtype: qcompiler.capture checks the model's). InputError naming the input
+    and the fix otherwise."""
+    for i, value in enumerate(inputs):
+        if isinstance(value, (list, tuple)) and _numbers_only(value):
+            raise InputError(f"example_inputs: input {i} is a {type(value).__name__} of numbers, not a tensor. Fix: make "
+                             f"it a tensor, e.g. torch.tensor(data, dtype=torch.float32)")
+        if not isinstance(value, torch.Tensor):
+            continue
+        if value.numel() == 0:
+            raise InputError(f"example_inputs: input {i} has shape {list(value.shape)}, which holds no values: qcompiler "
+                             f"traces and calibrates on it. Fix: give an example with at least one sample (e.g. batch size 1)")
+        if value.is_floating_point() and value.dtype != torch.float32:
+            raise InputError(f"example_inputs: input {i} is {str(value.dtype).replace('torch.', '')}, but qcompiler "
+                             f"quantizes float32 models. Fix: convert it, e.g. x.float() (np.float32 for a numpy array)")
 
 
 def _symbol(size: Any) -> Optional[str]:
@@ -121,7 +149,7 @@ def check_inputs(specs: Sequence[InputSpec], inputs: Any, where: str, batch: Opt
     at = f"{where}, batch {batch}" if batch is not None else where
     if len(inputs) != len(specs):
         expected = ", ".join(f"{s.name} {s.describe()}" for s in specs)
-        hint = ""
+        hint = f". Fix: give one tensor per input ({', '.join(s.name for s in specs)})"
         if len(inputs) == 1 and isinstance(inputs[0], (tuple, list)) and len(inputs[0]) == len(specs):
             hint = ". Fix: pass the inputs as separate arguments, not as one list or tuple"
         raise InputError(f"{at}: the model takes {len(specs)} input(s) ({expected}), got {len(inputs)}{hint}")
@@ -173,6 +201,17 @@ def calibration_source(data: Any, specs: Sequence[InputSpec]) -> Iterable:
     DataLoader, a list of batches, ...)."""
     if isinstance(data, np.ndarray):
         data = torch.from_numpy(data)
+    if isinstance(data, (str, bytes, os.PathLike)):
+        raise InputError(f"calibration={str(data)!r} is a {type(data).__name__}, not data. Fix: load the batches first, "
+                         f"e.g. calibration=torch.load(path) (a tensor of samples), or pass a DataLoader")
+    if isinstance(data, torch.utils.data.Dataset) and not isinstance(data, torch.utils.data.IterableDataset):
+        raise InputError(f"calibration is a {type(data).__name__} (a Dataset), which gives single samples without a "
+                         f"batch dimension. Fix: wrap it in a DataLoader, e.g. "
+                         f"torch.utils.data.DataLoader(dataset, batch_size={CALIBRATION_BATCH})")
+    if isinstance(data, dict) or not (isinstance(data, torch.Tensor) or hasattr(data, "__iter__")):
+        raise InputError(f"calibration must be a DataLoader, a list of batches or one tensor of samples, got "
+                         f"{type(data).__name__}. Fix: e.g. calibration=[x1, x2] or calibration=DataLoader(dataset, "
+                         f"batch_size={CALIBRATION_BATCH})")
     if isinstance(data, torch.Tensor):
         n_inputs = len(specs)
         if n_inputs != 1:
@@ -180,6 +219,9 @@ def calibration_source(data: Any, specs: Sequence[InputSpec]) -> Iterable:
                              f"iterable of batches, each a tuple of {n_inputs} tensors")
         if data.dim() == 0:
             raise InputError("calibration: a 0-dimensional tensor is not a set of samples; give batches of inputs")
+        if len(data) == 0:
+            raise InputError(f"calibration: the tensor has shape {list(data.shape)}: 0 samples. Fix: give at least one "
+                             f"sample along dimension 0 (or leave calibration out to calibrate on the example inputs)")
         shape = specs[0].shape
         fixed = shape[0] if shape and len(shape) == data.dim() and shape[0] is not None else None
         batches = list(data.split(fixed or CALIBRATION_BATCH))
@@ -203,12 +245,16 @@ def check_built_inputs(inputs: Sequence, types: Sequence[tuple[tuple[int, ...], 
     """The inputs of a built program (static shapes and dtypes, ``types``: (shape, dtype)
     per input) as contiguous numpy arrays; InputError saying what was expected otherwise."""
     if len(inputs) != len(types):
-        raise InputError(f"{what} takes {len(types)} input(s) ({describe_types(types)}), got {len(inputs)}")
+        raise InputError(f"{what} takes {len(types)} input(s) ({describe_types(types)}), got {len(inputs)}. Fix: call "
+                         f"it with one tensor per input")
     arrays = []
     for i, (value, (shape, dtype)) in enumerate(zip(inputs, types)):
         if isinstance(value, (tuple, list)):
             raise InputError(f"{what}: input {i} expected a tensor {dtype} {list(shape)}, got a {type(value).__name__}. Fix: "
                              f"pass the inputs as separate arguments, not as one list or tuple")
+        if not isinstance(value, (torch.Tensor, np.ndarray)):
+            raise InputError(f"{what}: input {i} expected a tensor {dtype} {list(shape)}, got {type(value).__name__}. Fix: "
+                             f"pass a tensor (or a numpy array)")
         array = value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
         want = np.dtype(dtype)
         if tuple(array.shape) != tuple(shape) or array.dtype != want:

@@ -214,6 +214,25 @@ def get_pass(spec: PassLike) -> Pass:
     raise TypeError(f"a pass is given as a name, a Pass subclass or a Pass instance, not {spec!r}")
 
 
+def pass_list(passes: Any, argument: str = "passes") -> list:
+    """``quantize``'s ``passes=`` / ``ptq=`` as a list: one name (a string) is a list of that
+    one pass, None is none; anything else must be a list or tuple of pass names, Pass
+    subclasses or instances. PassOrderError naming ``argument`` and the fix otherwise
+    (``list("fold_bn")`` would otherwise be seven one-letter pass names)."""
+    if passes is None:
+        return []
+    if isinstance(passes, (str, Pass)) or (isinstance(passes, type) and issubclass(passes, Pass)):
+        return [passes]
+    if not isinstance(passes, (list, tuple)):
+        raise PassOrderError(f"{argument} must be a list of pass names, got {type(passes).__name__} {passes!r}. Fix: "
+                             f"e.g. {argument}=['{'bias_correction' if argument == 'ptq' else 'fold_bn'}']")
+    for spec in passes:
+        if not (isinstance(spec, (str, Pass)) or (isinstance(spec, type) and issubclass(spec, Pass))):
+            raise PassOrderError(f"{argument}: {spec!r} is not a pass; give registered pass names "
+                                 f"({', '.join(sorted(REGISTRY))}), Pass subclasses or instances")
+    return list(passes)
+
+
 def order_passes(passes: Sequence[Pass]) -> list[Pass]:
     """Topologically order ``passes`` by their after/before constraints, keeping the given
     order where they leave it free. A constraint naming an unknown pass, two passes with one

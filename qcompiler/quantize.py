@@ -19,13 +19,13 @@ from .inputs import InputSpec, as_input_tuple, calibration_source, check_inputs,
 from .errors import ConversionError
 from .integer import to_integer_program
 from .interpreter import interpret
-from .pass_manager import PassContext, PassLike, PassManager, PassReport
+from .pass_manager import PassContext, PassLike, PassManager, PassReport, pass_list
 from .qparams import QuantParams, qparams_by_value
-from .recipe import plan
+from .recipe import RECIPES, plan
 from .passes import Calibrate, InsertQuantizers
 from .passes.insert_quantizers import unsupported_error
 from .passes.calibrate import batch_inputs
-from .scheme import QuantScheme, host_scheme
+from .scheme import QuantScheme, check_overrides, check_scheme, host_scheme
 from .ste import differentiable_simulation
 from .targets import get_target
 from .verify import verify_graph
@@ -122,7 +122,7 @@ class QuantizedModel:
 
 
 def make_scheme(bits: int, activation_bits: int, scheme: Optional[QuantScheme]) -> QuantScheme:
-    return (scheme or host_scheme()).with_bits(weight_bits=bits, activation_bits=activation_bits)
+    return (check_scheme(scheme) or host_scheme()).with_bits(weight_bits=bits, activation_bits=activation_bits)
 
 
 def quantize(model: torch.nn.Module, example_inputs: Any, bits: int = 8, activation_bits: int = 8,
@@ -151,9 +151,11 @@ def quantize(model: torch.nn.Module, example_inputs: Any, bits: int = 8, activat
     the node; write the full op name ("aten.hardtanh.default") to mean every such op.
     """
     q_scheme = make_scheme(bits, activation_bits, scheme)
-    recipe = ptq if isinstance(ptq, str) else None
-    steps = plan(recipe, method, passes, None if isinstance(ptq, str) else ptq, q_scheme, calibration is not None,
-                 DEFAULT_FLOAT_PASSES)
+    recipe = ptq if isinstance(ptq, str) and ptq in RECIPES else None
+    passes = None if passes is None else pass_list(passes, "passes")
+    ptq = None if ptq is None or recipe else pass_list(ptq, "ptq")
+    overrides = check_overrides(overrides)
+    steps = plan(recipe, method, passes, ptq, q_scheme, calibration is not None, DEFAULT_FLOAT_PASSES)
     inputs = as_input_tuple(example_inputs)
     gm = model if isinstance(model, fx.GraphModule) else capture(model, inputs)
     calibration = [inputs] if calibration is None else calibration_source(calibration, input_specs(gm, inputs))

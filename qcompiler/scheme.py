@@ -145,14 +145,75 @@ class QuantScheme:
 
 
 def _check(bits: int, allowed, what: str) -> int:
+    values = sorted(allowed)
+    choices = " or ".join(str(v) for v in values) if len(values) < 4 else f"an integer in {values[0]}–{values[-1]}"
+    fix = ("bits=8 (the default), or 2–7 for smaller weights" if what == "weight"
+           else "activation_bits=8 (the default) or 16")
+    if isinstance(bits, bool) or not isinstance(bits, int):
+        raise SchemeError(f"{what} bits must be {choices}, got {bits!r} ({type(bits).__name__}). Fix: pass an int: {fix}")
     if bits not in allowed:
-        values = sorted(allowed)
-        if len(values) < 4:
-            choices = " or ".join(str(v) for v in values)
-        else:
-            choices = f"an integer in {values[0]}–{values[-1]}"
-        raise SchemeError(f"{what} bits must be {choices}, got {bits}")
+        raise SchemeError(f"{what} bits must be {choices}, got {bits}. Fix: {fix}")
     return bits
+
+
+def check_scheme(scheme: object) -> "Optional[QuantScheme]":
+    """``scheme`` itself if it is a QuantScheme or None; a SchemeError with the fix otherwise
+    (a target's name given as the scheme, ...)."""
+    if scheme is None or isinstance(scheme, QuantScheme):
+        return scheme
+    hint = ""
+    if isinstance(scheme, str):
+        hint = (" To use a target's scheme, name the target instead: qcompile(model, x, target='arm_cpu'), or "
+                "scheme=qcompiler.targets.get_target('arm_cpu').scheme().")
+    raise SchemeError(f"scheme must be a QuantScheme, got {type(scheme).__name__} {scheme!r}. Fix: e.g. "
+                      f"scheme=qcompiler.arm_scheme() or QuantScheme(weights=weight_spec(4)).{hint}")
+
+
+OVERRIDE_KEYS = ("float", "weights", "activations")
+
+
+def check_overrides(overrides: object) -> dict:
+    """``overrides`` (``quantize``'s argument) checked for form: a dict from node or op
+    names to "float", or to a dict / NodeOverride whose "weights" and "activations" are
+    QuantSpecs ("float" a bool). Returns it ({} for None); SchemeError naming the key and
+    the fix otherwise. Whether each key names a node or op is checked against the graph
+    (passes/insert_quantizers.py)."""
+    if overrides is None:
+        return {}
+    example = "{'conv1': 'float', 'fc': {'weights': qcompiler.weight_spec(4)}}"
+    if not isinstance(overrides, dict):
+        raise SchemeError(f"overrides must be a dict from node or op names to 'float' or {{'weights': QuantSpec, "
+                          f"'activations': QuantSpec}}, got {type(overrides).__name__}. Fix: e.g. overrides={example}")
+    for key, value in overrides.items():
+        if not isinstance(key, str):
+            raise SchemeError(f"overrides: key {key!r} is a {type(key).__name__}; keys are node or op names (strings, as "
+                              f"qm.analyze() prints them). Fix: e.g. overrides={example}")
+        if isinstance(value, str):
+            if value != "float":
+                raise SchemeError(f"override for '{key}' is {value!r}: the only string override is 'float'. Fix: "
+                                  f"'float', or {{'weights': qcompiler.weight_spec(4)}} for other bits")
+            continue
+        if isinstance(value, dict):
+            unknown = sorted(set(value) - set(OVERRIDE_KEYS), key=str)
+            if unknown:
+                from .errors import did_you_mean
+                raise SchemeError(f"override for '{key}': unknown key(s) {unknown}"
+                                  f"{did_you_mean(str(unknown[0]), list(OVERRIDE_KEYS))}; use 'float', 'weights', 'activations'")
+            fields = value
+        elif all(hasattr(value, k) for k in OVERRIDE_KEYS):  # a NodeOverride
+            fields = {k: getattr(value, k) for k in OVERRIDE_KEYS}
+        else:
+            raise SchemeError(f"override for '{key}' must be 'float', a dict or a NodeOverride, got {value!r}. Fix: "
+                              f"e.g. overrides={example}")
+        for k in ("weights", "activations"):
+            spec = fields.get(k)
+            if spec is not None and not isinstance(spec, QuantSpec):
+                maker = "weight_spec" if k == "weights" else "activation_spec"
+                raise SchemeError(f"override for '{key}': '{k}' must be a QuantSpec, got {spec!r}. Fix: e.g. "
+                                  f"{{'{k}': qcompiler.{maker}({spec if isinstance(spec, int) and not isinstance(spec, bool) else 8})}}")
+        if not isinstance(fields.get("float", False), bool):
+            raise SchemeError(f"override for '{key}': 'float' must be True or False, got {fields['float']!r}")
+    return overrides
 
 
 def host_scheme() -> QuantScheme:

@@ -51,9 +51,20 @@ class TargetInfo:
         return getattr(importlib.import_module(module), function)(library, input_types, out_spec, **dict(self.options))
 
     def build(self, program: Any, example_inputs: Any, **options: Any) -> Any:
+        check_threads(options.get("threads"))
         module, function = self.builder.split(":")
         options = {**dict(self.options), **{k: v for k, v in options.items() if v is not None}}
         return getattr(importlib.import_module(module), function)(program, example_inputs, **options)
+
+
+def check_threads(threads: Any) -> None:
+    """``threads`` (compile's argument) is None (every CPU) or a positive int; a TargetError
+    with the fix otherwise."""
+    if threads is None:
+        return
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise TargetError(f"threads={threads!r}: give the number of threads the compiled program runs on, an int >= 1, "
+                          f"or leave it out (None) to use every CPU. Fix: e.g. threads=1")
 
 
 TARGETS: dict[str, TargetInfo] = {

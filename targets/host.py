@@ -238,6 +238,9 @@ def load_host(library: Any, input_types: list, out_spec: Any = None, threads: Op
     try:
         loaded = tvm.runtime.load_module(str(library))
     except Exception as exc:
-        raise QCompilerError(f"cannot load {library} on this machine: {type(exc).__name__}: {exc}") from exc
+        first = str(exc).strip().splitlines()[-1] if str(exc).strip() else ""
+        raise QCompilerError(f"cannot load {library} on this machine: {type(exc).__name__}: {first}. The library is "
+                             f"damaged or was not built for this machine's host target: export it again here with "
+                             f"cm.export(dir)") from exc
     return HostRuntime(None, None, out_spec=out_spec, loaded=loaded, threads=threads,
                        input_types=[(tuple(shape), dtype) for shape, dtype in input_types], library=str(library))

@@ -27,7 +27,7 @@ from test_lower_host import assert_bit_exact, assert_equals_interpreter, integer
 def every_op_arm():
     model = EveryOp().eval()
     x = torch.randn(2, 3, 16, 16)
-    qm = qcompiler.quantize(model, x, calibration=[x, torch.randn(4, 3, 16, 16)])
+    qm = qcompiler.quantize(model, x, ptq="minmax", calibration=[x, torch.randn(4, 3, 16, 16)])
     assert ALL_INTEGER_OPS <= integer_ops(qm.program)
     return qm, x, compile_arm(qm.program, (x,))
 
@@ -133,7 +133,7 @@ def check_generated_models_on_arm(cases) -> None:
     alternately), built into one library; each run on its calibration input and on random
     inputs at 1× and 4× its scale (clipping too), all equal to the interpreter."""
     schemes = (arm_scheme(), host_scheme())
-    qms = [qcompiler.quantize(c.model, c.inputs, calibration=[c.inputs], scheme=schemes[k % 2]) for k, c in enumerate(cases)]
+    qms = [qcompiler.quantize(c.model, c.inputs, ptq="minmax", calibration=[c.inputs], scheme=schemes[k % 2]) for k, c in enumerate(cases)]
     mod = tvm.IRModule()
     for k, (qm, case) in enumerate(zip(qms, cases)):
         mod = lower(qm.program, case.inputs, name=f"m{k}", target_lowerings=arm_lowerings("arm_cpu"), into=mod)
@@ -203,7 +203,7 @@ def test_efficientnet_lite0_is_bit_exact_on_arm():
     data = imagenet_samples()
     calibration = list(imagenet_calibration_set(crops_per_image=1)[:8].split(4))
     x = data.images[:1]
-    qm = qcompiler.quantize(efficientnet_lite0(), x, calibration=calibration, scheme=arm_scheme(), progress=False)
+    qm = qcompiler.quantize(efficientnet_lite0(), x, ptq="minmax", calibration=calibration, scheme=arm_scheme(), progress=False)
     runtime = compile_arm(qm.program, (x,))
     probes = [(data.images[i:i + 1],) for i in range(3)] + [(torch.randn(x.shape, generator=torch.Generator().manual_seed(0)) * 2,)]
     outputs, _ = run_calls([(runtime, p) for p in probes])
@@ -219,7 +219,7 @@ def test_fashion_mnist_model_is_bit_exact_on_arm():
     x_train, _ = fashion_mnist("train")
     x_test, _ = fashion_mnist("test")
     calibration = [x_train[i:i + 64] for i in range(0, 256, 64)]
-    qms = {bits: qcompiler.quantize(fashion_mobilenet(), x_test[:64], bits=bits, calibration=calibration,
+    qms = {bits: qcompiler.quantize(fashion_mobilenet(), x_test[:64], bits=bits, ptq="minmax", calibration=calibration,
                                     scheme=arm_scheme(), progress=False) for bits in (8, 4)}
     mod = tvm.IRModule()
     for bits, qm in qms.items():

@@ -28,6 +28,7 @@ import pytest
 import torch
 
 import qcompiler
+from qcompiler.errors import OverrideError
 from qcompiler import (CaptureError, InputError, PassError, PassOrderError, QCompilerError, QuantSpec, SchemeError,
                        activation_spec, qcompile, quantize, weight_spec)
 from qcompiler.cli import main as cli_main
@@ -404,9 +405,9 @@ def test_arm_target_without_the_aarch64_toolchain(qm, monkeypatch, tmp_path):
 # ---------------------------------------------------------------- overrides
 
 OVERRIDE_CASES = {
-    "naming-nothing": ({"hardtanh": "float"}, PassError,
+    "naming-nothing": ({"hardtanh": "float"}, OverrideError,
                        r"overrides name nodes or ops that are not in the graph: 'hardtanh'\. Keys are node names"),
-    "misspelt-node": ({"convolutio": "float"}, PassError, r"'convolutio' \(did you mean 'convolution'\?\)"),
+    "misspelt-node": ({"convolutio": "float"}, OverrideError, r"'convolutio' \(did you mean 'convolution'\?\)"),
     "unknown-key": ({"convolution": {"wieghts": weight_spec(4)}}, SchemeError,
                     r"override for 'convolution': unknown key\(s\) \['wieghts'\] \(did you mean 'weights'\?\); use "
                     r"'float', 'weights', 'activations'"),

@@ -25,7 +25,7 @@ def small_cnn() -> nn.Module:
 @pytest.fixture(scope="module")
 def compiled():
     x = torch.randn(2, 3, 12, 12)
-    cm = qcompiler.qcompile(small_cnn(), x, target="host", bits=8, calibration=[x, torch.randn(2, 3, 12, 12)])
+    cm = qcompiler.qcompile(small_cnn(), x, target="host", bits=8, ptq="minmax", calibration=[x, torch.randn(2, 3, 12, 12)])
     return cm, x
 
 

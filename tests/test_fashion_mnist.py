@@ -23,7 +23,7 @@ def test_w8a8_integer_program_keeps_the_float_predictions(data):
         ref = model(x)
     assert top1_accuracy(ref, y) >= 0.88, "the bundled weights are not the trained ones (90.8% on the test set)"
     calibration = [x_train[i:i + 64] for i in range(0, 512, 64)]
-    qm = qcompiler.quantize(model, x[:1], bits=8, calibration=calibration, progress=False)
+    qm = qcompiler.quantize(model, x[:1], bits=8, ptq="minmax", calibration=calibration, progress=False)
     integer = qm.interpret(x)
     assert top1_agreement(ref, integer) >= 0.97
     assert abs(top1_accuracy(integer, y) - top1_accuracy(ref, y)) <= 0.02

@@ -18,7 +18,7 @@ def conv_model():
 
 @pytest.fixture(scope="module")
 def qm():
-    return qcompiler.quantize(conv_model(), torch.randn(2, 3, 12, 12), calibration=[torch.randn(4, 3, 12, 12)],
+    return qcompiler.quantize(conv_model(), torch.randn(2, 3, 12, 12), ptq="minmax", calibration=[torch.randn(4, 3, 12, 12)],
                               progress=False)
 
 
@@ -59,8 +59,8 @@ def test_analyze_data_of_the_wrong_shape_is_named(qm):
 def test_one_tensor_of_samples_as_calibration_is_a_set_of_batches():
     model, x = conv_model(), torch.randn(1, 3, 12, 12)
     samples = torch.randn(80, 3, 12, 12)
-    as_tensor = qcompiler.quantize(model, x, calibration=samples, progress=False)
-    as_batches = qcompiler.quantize(model, x, calibration=list(samples.split(32)), progress=False)
+    as_tensor = qcompiler.quantize(model, x, ptq="minmax", calibration=samples, progress=False)
+    as_batches = qcompiler.quantize(model, x, ptq="minmax", calibration=list(samples.split(32)), progress=False)
     assert as_tensor.qparams.keys() == as_batches.qparams.keys()
     for name, params in as_tensor.qparams.items():
         assert params.scalar() == as_batches.qparams[name].scalar(), name
@@ -79,7 +79,7 @@ class FixedBatch(nn.Module):
 
 
 def test_one_tensor_of_samples_is_split_by_the_batch_size_a_model_fixes():
-    qm = qcompiler.quantize(FixedBatch().eval(), torch.randn(2, 3, 8, 8), calibration=torch.randn(10, 3, 8, 8), progress=False)
+    qm = qcompiler.quantize(FixedBatch().eval(), torch.randn(2, 3, 8, 8), ptq="minmax", calibration=torch.randn(10, 3, 8, 8), progress=False)
     assert qm.report["calibrate"].counts["batches"] == 5
     with pytest.raises(InputError, match=r"dimension 0 is 3, expected 2"):
         qm.simulate(torch.randn(3, 3, 8, 8))
@@ -150,7 +150,7 @@ class TwoInputs(nn.Module):
 
 def test_inputs_that_share_the_batch_must_agree_on_it():
     x = torch.randn(1, 3, 8, 8)
-    qm = qcompiler.quantize(TwoInputs().eval(), [x, x], calibration=[(x, x)], progress=False)
+    qm = qcompiler.quantize(TwoInputs().eval(), [x, x], ptq="minmax", calibration=[(x, x)], progress=False)
     for entry in ("simulate", "float", "interpret"):
         with pytest.raises(InputError, match=r"input 0 has 1 in dimension 0 and input 1 \('x2'\) has 2 in dimension 0"):
             getattr(qm, entry)(x, torch.randn(2, 3, 8, 8))

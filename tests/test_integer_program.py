@@ -20,7 +20,7 @@ def assert_within_one_step(qm, inputs):
 
 @given(float_models())
 def test_interpreter_is_within_one_step_of_the_simulation_per_op(case):
-    qm = qcompiler.quantize(case.model, case.inputs, calibration=[case.inputs])
+    qm = qcompiler.quantize(case.model, case.inputs, ptq="minmax", calibration=[case.inputs])
     assert_within_one_step(qm, case.inputs)
     probe = tuple(torch.randn_like(t) for t in case.inputs)  # other inputs than calibrated on: clipping too
     assert_within_one_step(qm, probe)
@@ -54,7 +54,7 @@ class EveryOp(nn.Module):
 def test_every_integer_op_is_within_one_step_and_the_fraction_off_is_small():
     model = EveryOp().eval()
     x = torch.randn(4, 3, 16, 16)
-    qm = qcompiler.quantize(model, x, calibration=[x, torch.randn(4, 3, 16, 16)])
+    qm = qcompiler.quantize(model, x, ptq="minmax", calibration=[x, torch.randn(4, 3, 16, 16)])
     ops = {n.target._schema.name.split("::")[1] for n in qm.program.graph.nodes
            if n.op == "call_function" and getattr(n.target, "namespace", "") == "qcompiler"}
     assert ALL_INTEGER_OPS <= ops, f"not exercised: {ALL_INTEGER_OPS - ops}"

@@ -32,7 +32,7 @@ def _weighted_nodes(program) -> list[str]:
 @pytest.fixture(scope="module")
 def quantized():
     x = torch.randn(2, 3, 8, 8)
-    return qcompiler.quantize(_model(), x, calibration=[x, torch.randn(2, 3, 8, 8)]), x
+    return qcompiler.quantize(_model(), x, ptq="minmax", calibration=[x, torch.randn(2, 3, 8, 8)]), x
 
 
 def test_a_normal_build_records_our_kernel_for_every_conv_and_linear(quantized):

@@ -47,7 +47,7 @@ def integer_ops(program) -> set:
 def every_op():
     model = EveryOp().eval()
     x = torch.randn(4, 3, 16, 16)
-    qm = qcompiler.quantize(model, x, calibration=[x, torch.randn(4, 3, 16, 16)])
+    qm = qcompiler.quantize(model, x, ptq="minmax", calibration=[x, torch.randn(4, 3, 16, 16)])
     assert ALL_INTEGER_OPS <= integer_ops(qm.program)
     return qm, x, compile_host(qm.program, (x,))
 
@@ -132,7 +132,7 @@ class SamePaddedConvs(nn.Module):
 def test_zero_point_pads_are_taken_into_the_conv_kernels():
     model = SamePaddedConvs().eval()
     x = torch.randn(2, 3, 23, 21)
-    qm = qcompiler.quantize(model, x, calibration=[x])
+    qm = qcompiler.quantize(model, x, ptq="minmax", calibration=[x])
     assert sum("constant_pad_nd" in str(n.target) for n in qm.program.graph.nodes) == 3
     runtime = compile_host(qm.program, (x,))
     main = runtime.mod["main"].script()
@@ -162,7 +162,7 @@ def build_together(programs: list, inputs: list) -> list[HostRuntime]:
 
 
 def check_generated_models(cases) -> None:
-    qms = [qcompiler.quantize(c.model, c.inputs, calibration=[c.inputs]) for c in cases]
+    qms = [qcompiler.quantize(c.model, c.inputs, ptq="minmax", calibration=[c.inputs]) for c in cases]
     runtimes = build_together([qm.program for qm in qms], [c.inputs for c in cases])
     gen = torch.Generator().manual_seed(0)
     for k, (case, qm, runtime) in enumerate(zip(cases, qms, runtimes)):
@@ -311,7 +311,7 @@ def test_efficientnet_lite0_is_bit_exact_on_the_host():
     data = imagenet_samples()
     calibration = list(imagenet_calibration_set(crops_per_image=1)[:8].split(4))
     x = data.images[:2]
-    qm = qcompiler.quantize(efficientnet_lite0(), x, calibration=calibration, progress=False)
+    qm = qcompiler.quantize(efficientnet_lite0(), x, ptq="minmax", calibration=calibration, progress=False)
     runtime = compile_host(qm.program, (x,))
     assert_bit_exact(qm, runtime, (x,), "images 0-1")
     assert_bit_exact(qm, runtime, (data.images[2:4],), "images 2-3")
@@ -326,7 +326,7 @@ def test_fashion_mnist_model_is_bit_exact_on_the_host():
     x_test, _ = fashion_mnist("test")
     calibration = [x_train[i:i + 64] for i in range(0, 256, 64)]
     for bits in (8, 4):
-        qm = qcompiler.quantize(fashion_mobilenet(), x_test[:64], bits=bits, calibration=calibration, progress=False)
+        qm = qcompiler.quantize(fashion_mobilenet(), x_test[:64], bits=bits, ptq="minmax", calibration=calibration, progress=False)
         runtime = compile_host(qm.program, (x_test[:64],))
         assert_bit_exact(qm, runtime, (x_test[:64],), f"W{bits}A8, test images 0-63")
         assert_bit_exact(qm, runtime, (x_test[64:128],), f"W{bits}A8, test images 64-127")

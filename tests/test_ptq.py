@@ -30,7 +30,7 @@ def small_cnn(seed=0, mean=0.0):
 def test_bias_correction_removes_the_mean_error_of_the_first_layer():
     model, data = small_cnn(mean=2.0)  # inputs with a mean: weight rounding error shifts the outputs
     x = torch.cat(data)
-    plain = qcompiler.quantize(model, data[0], bits=3, calibration=data)
+    plain = qcompiler.quantize(model, data[0], bits=3, ptq="minmax", calibration=data)
     corrected = qcompiler.quantize(model, data[0], bits=3, calibration=data, ptq=[BiasCorrection()])
     assert corrected.report["bias_correction"].counts == {"biases": 4, "batches": 4}  # 3 convs and the linear
 
@@ -54,7 +54,7 @@ def test_adaround_only_moves_weights_to_floor_or_ceil_and_beats_nearest_at_4_bit
     x = torch.cat(data)
     with torch.no_grad():
         ref = model(x)
-    nearest = qcompiler.quantize(model, data[0], bits=4, calibration=data)
+    nearest = qcompiler.quantize(model, data[0], bits=4, ptq="minmax", calibration=data)
     ada = qcompiler.quantize(model, data[0], bits=4, calibration=data, ptq=[Adaround(iterations=400, progress=False)])
     for layer_n, layer_a in zip(quant_layers(nearest.graph), quant_layers(ada.graph)):
         w = layer_a.float_weight().double()
@@ -69,14 +69,14 @@ def test_analyze_names_the_layer_that_was_made_bad():
     model, data = small_cnn(2)
     with torch.no_grad():  # make the depthwise layer's quantization hard: one channel dominates its range
         model[3].weight[0].mul_(200.0)
-    qm = qcompiler.quantize(model, data[0], calibration=data, scheme=qcompiler.QuantScheme(weights=qcompiler.weight_spec(8, "tensor")))
+    qm = qcompiler.quantize(model, data[0], ptq="minmax", calibration=data, scheme=qcompiler.QuantScheme(weights=qcompiler.weight_spec(8, "tensor")))
     analysis = qm.analyze(data)
     worst = analysis.rows[0]
     assert worst.node == "hardtanh_1" and "convolution" in worst.op and "3 (Conv2d)" in worst.module
     assert all(r.local_sqnr <= s.local_sqnr for r, s in zip(analysis.rows, analysis.rows[1:]))
     assert all(r.cumulative_sqnr < math.inf for r in analysis.rows)
     # acting on it: 16-bit activations / per-channel weights for that node raise its local SQNR
-    fixed = qcompiler.quantize(model, data[0], calibration=data, scheme=qcompiler.QuantScheme(weights=qcompiler.weight_spec(8, "tensor")),
+    fixed = qcompiler.quantize(model, data[0], ptq="minmax", calibration=data, scheme=qcompiler.QuantScheme(weights=qcompiler.weight_spec(8, "tensor")),
                                overrides={"convolution_1": {"weights": qcompiler.weight_spec(8, "channel")}})
     again = {r.node: r for r in fixed.analyze(data).rows}
     assert again["hardtanh_1"].local_sqnr > worst.local_sqnr + 10
@@ -107,7 +107,7 @@ def test_adaround_beats_nearest_on_a_deep_chain():
     x = torch.cat(data)
     with torch.no_grad():
         ref = model(x)
-    nearest = qcompiler.quantize(model, data[0], bits=8, calibration=data)
+    nearest = qcompiler.quantize(model, data[0], bits=8, ptq="minmax", calibration=data)
     ada = qcompiler.quantize(model, data[0], bits=8, calibration=data, ptq=[Adaround(iterations=300, progress=False)])
     # measured: nearest 43.0 dB, AdaRound 47.1 dB; with stale inputs (the bug) 45.6 dB
     assert sqnr_db(ref, ada.interpret(x)) > sqnr_db(ref, nearest.interpret(x)) + 3.3

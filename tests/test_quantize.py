@@ -7,7 +7,7 @@ import qcompiler
 from qcompiler import activation_spec, host_scheme, meta
 from qcompiler.metrics import sqnr_db
 from qcompiler.observers import CalibrationError
-from qcompiler.passes import UnsupportedOpError
+from qcompiler.errors import OverrideError, UnsupportedOpError
 
 Q = "quantized_decomposed.quantize_per_tensor.tensor"
 
@@ -28,7 +28,7 @@ def mobile_block():
 
 def test_quantizers_sit_after_fused_activations_including_depthwise():
     model, x = mobile_block()
-    qm = qcompiler.quantize(model, x, calibration=[x])
+    qm = qcompiler.quantize(model, x, ptq="minmax", calibration=[x])
     ops = qcompiler.count_ops(qm.graph)
     # input, conv+relu6, depthwise+relu6, pool (shared), linear: five quantizers
     assert ops[Q] == 5
@@ -42,14 +42,14 @@ def test_simulation_is_close_to_float_at_8_bits_and_worse_at_4():
     model, x = mobile_block()
     with torch.no_grad():
         ref = model(x)
-    w8 = sqnr_db(ref, qcompiler.quantize(model, x, calibration=[x]).simulate(x))
-    w4 = sqnr_db(ref, qcompiler.quantize(model, x, bits=4, calibration=[x]).simulate(x))
+    w8 = sqnr_db(ref, qcompiler.quantize(model, x, ptq="minmax", calibration=[x]).simulate(x))
+    w4 = sqnr_db(ref, qcompiler.quantize(model, x, bits=4, ptq="minmax", calibration=[x]).simulate(x))
     assert w8 > 30 and w4 < w8
 
 
 def test_shared_quantizer_reuses_its_input_parameters():
     model, x = mobile_block()
-    qm = qcompiler.quantize(model, x, calibration=[x])
+    qm = qcompiler.quantize(model, x, ptq="minmax", calibration=[x])
     qs = [n for n in qm.graph.graph.nodes if str(n.target) == Q]
     pool_q = next(n for n in qs if str(n.args[0].target) == "aten.mean.dim")
     dw_q = next(n for n in qs if n.args[0].name == "hardtanh_1")
@@ -59,7 +59,7 @@ def test_shared_quantizer_reuses_its_input_parameters():
 def test_dataloader_of_images_and_labels_calibrates():
     model, x = mobile_block()
     loader = DataLoader(TensorDataset(x, torch.zeros(len(x))), batch_size=3)
-    qm = qcompiler.quantize(model, x[:1], calibration=loader, progress=False)
+    qm = qcompiler.quantize(model, x[:1], ptq="minmax", calibration=loader, progress=False)
     assert qm.report["calibrate"].counts["batches"] == 3
 
 
@@ -131,7 +131,7 @@ def test_overrides_by_node_name_and_op_type():
     for node in qm.graph.graph.nodes:
         if str(node.target) == Q and str(node.args[0].target) == "aten.hardtanh.default":
             assert node.args[-1] == torch.int16
-    with pytest.raises(qcompiler.PassError, match=r"'lineer' \(did you mean 'linear'\?\)"):
+    with pytest.raises(OverrideError, match=r"'lineer' \(did you mean 'linear'\?\)"):
         qcompiler.quantize(model, x, overrides={"lineer": "float"})
 
 
@@ -158,7 +158,7 @@ def test_constant_zero_activation_is_handled():
 
 def test_trainable_simulation_passes_gradients_and_matches_the_simulation():
     model, x = mobile_block()
-    qm = qcompiler.quantize(model, x, calibration=[x])
+    qm = qcompiler.quantize(model, x, ptq="minmax", calibration=[x])
     trainable = qm.trainable()
     params = [p for p in trainable.parameters() if p.requires_grad]
     assert len(params) == 3  # conv, depthwise conv, linear weights
@@ -193,7 +193,7 @@ def test_every_qcompiler_metadata_key_on_the_graphs_is_declared_in_meta():
     declared = {v for k, v in vars(meta).items() if k.isupper() and isinstance(v, str)}
     assert len(declared) == len([k for k in vars(meta) if k.isupper()]), "two constants name one key"
     model, x = mobile_block()
-    qm = qcompiler.quantize(model, x, calibration=[x], passes=["fold_bn", "equalize"],
+    qm = qcompiler.quantize(model, x, ptq="minmax", calibration=[x], passes=["fold_bn", "equalize"],
                             overrides={"linear": "float"})
     used = set()
     for gm in (qm.float_graph, qm.graph, qm.program):

@@ -29,10 +29,11 @@ from . import meta
 from .errors import ConversionError
 from .fixed_point import quantize_multiplier, quantize_values
 from .graph import get_tensor, node_label
-from .ops import ACTIVATION, PASSTHROUGH, IntValue, Match, QParams, op_kind, qc, rules_for, source_of
+from .ops import ACTIVATION, PASSTHROUGH, WEIGHTED, IntValue, Match, QParams, op_kind, qc, rules_for, source_of
 from .qparams import QuantParamsError, is_dequantize, is_quantize, read_qparams
 
 aten = torch.ops.aten
+INNER_BITS = 7  # an unquantized conv/linear output inside a fused PT2E pattern: int32 at 1/128 of the next step
 
 __all__ = ["to_integer_program", "ConversionError", "IntValue"]
 
@@ -109,8 +110,12 @@ class _Converter:
             return self.values[sim_node]
         if is_dequantize(sim_node) and isinstance(sim_node.args[0], fx.Node) and sim_node.args[0].op == "get_attr":
             # a quantized weight read by an op that runs in float: the simulation's dequantized values
-            args = [self.tensor(a) if isinstance(a, fx.Node) else a for a in sim_node.args]
-            self.values[sim_node] = self.const(sim_node.target(*args, **sim_node.kwargs), sim_node.name)
+            self.values[sim_node] = self.const(self.constant_value(sim_node), sim_node.name)
+            return self.values[sim_node]
+        if op_kind(sim_node.target) == WEIGHTED and not self.sim.meta.get(meta.SCHEME) and sim_node.args[0] in self.ints:
+            # a PT2E conv/linear with a float output (no quantizer after it): exact in int32, then dequantized
+            iv = self.inner_value(sim_node, sim_node, self.float_output_params(sim_node))
+            self.values[sim_node] = self.graph.call_function(qc.dequantize.default, (iv.node, iv.scale, iv.zp))
             return self.values[sim_node]
         if sim_node.op == "call_function" and (not self.sim.meta.get(meta.SCHEME) or not _has_float(sim_node)):
             # index or shape arithmetic on integers (no quantization involved), or a float op
@@ -124,6 +129,8 @@ class _Converter:
         tensor) quantized on the output's scale."""
         if isinstance(arg, fx.Node) and arg in self.ints:
             return self.ints[arg]
+        if isinstance(arg, fx.Node) and op_kind(arg.target) == WEIGHTED and arg not in self.values and len(arg.users) == 1:
+            return self.inner_value(arg, op, out)
         if isinstance(arg, fx.Node) and arg.op == "get_attr":
             value = self.tensor(arg).double().numpy()
         elif isinstance(arg, (int, float)):
@@ -132,6 +139,36 @@ class _Converter:
             raise ConversionError(f"{node_label(op)}: operand {arg!r} is neither quantized nor constant")
         qv = np.rint(value / out.scale).astype(np.int64)
         return IntValue(self.const(qv, f"{op.name}_const"), out.scale, 0, int(qv.min(initial=0)), int(qv.max(initial=0)), torch.int64)
+
+    def constant_value(self, node: fx.Node) -> torch.Tensor:
+        """The value of a node computed from constants only (a weight's dequantize)."""
+        if node.op == "get_attr":
+            return self.tensor(node)
+        args = [self.constant_value(a) if isinstance(a, fx.Node) else a for a in node.args]
+        return node.target(*args, **node.kwargs)
+
+    def float_output_params(self, layer: fx.Node) -> QParams:
+        """An output step for a conv/linear whose output stays float, fine enough to stand
+        for float (2^-30 of the largest output its integer inputs allow): the step is
+        2^INNER_BITS times this, so the int32 result is 2^-37 of that bound."""
+        x = self.ints[layer.args[0]]
+        w = self.constant_value(layer.args[1]).double()
+        bias = layer.args[2] if len(layer.args) > 2 else None
+        bias_max = float(self.constant_value(bias).abs().max()) if isinstance(bias, fx.Node) else 0.0
+        x_max = x.scale * max(x.qmax - x.zp, x.zp - x.qmin)
+        bound = float(w.abs().reshape(w.shape[0], -1).sum(1).max()) * x_max + bias_max
+        scale = max(bound, 1e-30) / 2**30 * 2**INNER_BITS
+        return QParams(scale, 0, -(2**31 - 1), 2**31 - 1, torch.int32)
+
+    def inner_value(self, layer: fx.Node, op: fx.Node, out: QParams) -> IntValue:
+        """The output of a conv/linear that a PT2E quantizer fused into ``op`` with no
+        quantizer between them (X86InductorQuantizer's conv + add): computed in int32 at
+        2^-INNER_BITS of ``out``'s step, so that ``op``'s own rounding keeps the result within
+        one step of the simulation's (2^-7 + 1/2 + 1/2 < 1.5, and both are integers)."""
+        q_inner = 2**31 - 1
+        inner = QParams(out.scale / 2**INNER_BITS, 0, -q_inner, q_inner, torch.int32)
+        node = self.convert(layer, inner, op)
+        return IntValue(node, inner.scale, 0, inner.qmin, inner.qmax, torch.int32)
 
     def bounds(self, acts: list[fx.Node], out: QParams, channels: int) -> tuple[np.ndarray, np.ndarray]:
         """Per-channel integer clamp bounds of a fused activation chain (composed in order:

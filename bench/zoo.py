@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import glob
-import importlib.metadata
 import importlib.util
 import re
 import os
@@ -60,7 +59,6 @@ def import_torchvision():
         return sys.modules["torchvision"], ""
     folder = importlib.util.find_spec("torchvision").submodule_search_locations[0]
     note = "torchvision compiled ops loaded"
-    version = importlib.metadata.version("torchvision")
     try:
         torch.ops.load_library(glob.glob(os.path.join(folder, "_C*.so"))[0])
     except (OSError, IndexError) as e:
@@ -68,9 +66,10 @@ def import_torchvision():
         for name in ("nms", "qnms"):
             lib.define(f"{name}(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
         _TV_LIB.append(lib)
-        why = f"{type(e).__name__}; the wheel is {version}, linked to libtorch_cuda" if "+cu" in version else first_line(e)
-        note = f"torchvision/_C.so did not load ({why}): declared torchvision::nms, qnms"
+        note = f"torchvision/_C.so did not load ({type(e).__name__}): declared torchvision::nms, qnms"
     import torchvision
+    if "+cu" in torchvision.__version__ and "declared" in note:
+        note += " (a CUDA wheel: _C.so links libtorch_cuda)"
     return torchvision, note
 
 
@@ -287,7 +286,8 @@ def main(argv: list[str] | None = None) -> None:
             row = Row(name)
             row.fail("setup", e)
         rows.append(row)
-        print(f"{name}: {row.cells.get('status')} ({time.perf_counter() - t0:.0f} s)", flush=True)
+        numbers = ", ".join(f"{k} {fmt(v, 2)}" for k, v in row.cells.items() if k != "status")
+        print(f"{name}: {row.cells.get('status')}; {numbers} ({time.perf_counter() - t0:.0f} s)", flush=True)
     load = os.getloadavg()[0]
     print_table(rows, f"torchvision sweep: 1×3×{args.size}×{args.size}, W8A8 (bits=8), {args.threads} thread(s), "
                       f"median of {args.runs} calls", f"load average {load:.1f}; total {time.perf_counter() - start:.0f} s")

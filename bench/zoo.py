@@ -27,11 +27,14 @@ declares those two schemas first (no torchvision op runs in these models).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import glob
 import importlib.util
+import logging
 import re
 import os
 import sys
+import tempfile
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -42,7 +45,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from host_speed import Slot, ort_int8, pytorch_float, time_rounds  # noqa: E402
+from host_speed import Slot, ort_engine, ort_int8, pytorch_float, time_rounds  # noqa: E402
+from onnx_int8 import export_onnx, quantize_onnx_int8  # noqa: E402
 
 import qcompiler  # noqa: E402
 from qcompiler.metrics import sqnr_db  # noqa: E402
@@ -79,8 +83,10 @@ def build_model(name: str, size: int) -> torch.nn.Module:
 
     torch.manual_seed(0)
     if name == "vit_small":
-        return tvm.VisionTransformer(image_size=size, patch_size=size // 4, num_layers=2, num_heads=2,
-                                     hidden_dim=64, mlp_dim=128)
+        vit = tvm.VisionTransformer(image_size=size, patch_size=size // 4, num_layers=2, num_heads=2,
+                                    hidden_dim=64, mlp_dim=128)
+        vit.heads.head.reset_parameters()  # torchvision zeroes the head: the logits would be all 0
+        return vit
     kwargs = {"aux_logits": False, "init_weights": True} if name == "googlenet" else {}
     return getattr(tvm, name)(weights=None, **kwargs)
 
@@ -99,9 +105,23 @@ def set_bn_statistics(model: torch.nn.Module, size: int, passes: int, batch: int
     return model.eval()
 
 
+def causes(e: BaseException) -> list[BaseException]:
+    """``e`` and the exceptions it was raised from, outermost first."""
+    chain = [e]
+    while chain[-1].__cause__ is not None and len(chain) < 10:
+        chain.append(chain[-1].__cause__)
+    return chain
+
+
 def first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {text[0] if text else ''}"
+    """The innermost cause's type and first line (a PassError's first line only names the pass)."""
+    inner = causes(e)[-1]
+    text = [t.strip() for t in str(inner).strip().splitlines()] or [""]
+    line = text[0]
+    if line.endswith(":"):  # a list follows (e.g. the nodes with no integer form): its first items
+        items = [t[2:] for t in text[1:] if t.startswith("- ")]
+        line += " " + "; ".join(items[:3]) + (f"; +{len(items) - 3} more" if len(items) > 3 else "")
+    return f"{type(inner).__name__}: {line}"
 
 
 @dataclass
@@ -160,7 +180,7 @@ def run_model(name: str, args) -> Row:
     try:
         qm = qcompiler.quantize(model, x, bits=8, calibration=calibration, progress=False)
     except Exception as e:  # noqa: BLE001 - the sweep reports any failure and goes on
-        overrides = getattr(e, "overrides", None)
+        overrides = next((o for o in (getattr(c, "overrides", None) for c in causes(e)) if o is not None), None)
         if not (args.remedy and isinstance(overrides, dict)):
             row.fail("quantize", e)
             if args.remedy:
@@ -202,8 +222,9 @@ def _baselines(row: Row, model, calibration, inputs, ref, x, args, ours=None) ->
     """ORT int8 SQNR, then the interleaved latencies of ours (if built), PyTorch float, ORT int8."""
     slots = [Slot("ours", args.threads, ours, 0.0)] if ours is not None else []
     slots.append(Slot("torch", args.threads, pytorch_float(model, calibration, args.threads), 0.0))
-    try:
-        ort = ort_int8(model, calibration, args.threads)
+    try:  # quiet: ORT's per-channel warnings for BatchNorm weights, the exporter's graph dump on failure
+        with quiet(), _no_mha_fastpath():
+            ort = ort_int8_engine(model, calibration, args.threads, row)
         row.cells["ORT dB"] = sqnr_db(ref, torch.from_numpy(np.concatenate([ort(t.numpy()) for t in inputs])))
         slots.append(Slot("ort", args.threads, ort, 0.0))
     except Exception as e:  # noqa: BLE001
@@ -213,6 +234,44 @@ def _baselines(row: Row, model, calibration, inputs, ref, x, args, ours=None) ->
     for s in slots:
         row.cells[f"{s.name} ms"] = float(np.median(s.times_ms))
     return row
+
+
+def ort_int8_engine(model, calibration, threads: int, row: Row):
+    """bench/host_speed.py's ORT int8 engine; where ORT's symbolic shape inference (its
+    quantization pre-processing) fails, the same quantization without that pre-processing."""
+    try:
+        return ort_int8(model, calibration, threads)
+    except AssertionError as e:
+        if "symbolic_shape_infer" not in "".join(traceback.format_tb(e.__traceback__)):
+            raise
+    folder = Path(tempfile.mkdtemp(prefix="zoo.ort."))
+    fp32 = export_onnx(model, calibration[0][:1], folder / "model.onnx")
+    row.errors.append(("ONNX Runtime int8", "ORT's symbolic shape inference failed: quantized without quant_pre_process", ""))
+    return ort_engine(quantize_onnx_int8(fp32, folder / "model.int8.onnx", calibration, preprocess=False), threads)
+
+
+@contextlib.contextmanager
+def quiet():
+    """Root-logger warnings and Python-level stdout/stderr silenced (ONNX export and ORT quantization)."""
+    level = logging.getLogger().level
+    logging.getLogger().setLevel(logging.ERROR)
+    try:
+        with open(os.devnull, "w") as null, contextlib.redirect_stderr(null), contextlib.redirect_stdout(null):
+            yield
+    finally:
+        logging.getLogger().setLevel(level)
+
+
+@contextlib.contextmanager
+def _no_mha_fastpath():
+    """nn.MultiheadAttention's eval fast path (aten._native_multi_head_attention) has no ONNX
+    export; the ordinary path computes the same attention."""
+    enabled = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        yield
+    finally:
+        torch.backends.mha.set_fastpath_enabled(enabled)
 
 
 def cpu_description() -> str:

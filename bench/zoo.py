@@ -166,6 +166,7 @@ def _where(e: BaseException) -> str:
 
 
 def run_model(name: str, args) -> Row:
+    """One model: float reference, ours (quantize, simulate, interpret, host build), baselines."""
     row = Row(name)
     torch.manual_seed(0)
     model = set_bn_statistics(build_model(name, args.size), args.size, args.bn_passes)
@@ -174,8 +175,13 @@ def run_model(name: str, args) -> Row:
     inputs = [torch.randn(1, 3, args.size, args.size, generator=g) for _ in range(args.eval)]
     with torch.no_grad():
         ref = torch.cat([model(x) for x in inputs])
-    x = calibration[0]
+    ours = build_ours(row, model, calibration, inputs, ref, args)
+    return _baselines(row, model, calibration, inputs, ref, calibration[0], args, ours)
 
+
+def build_ours(row: Row, model, calibration, inputs, ref, args):
+    """Quantize, measure, build for host; the host build as an engine, or None at the first failure."""
+    x = calibration[0]
     start = time.perf_counter()
     try:
         qm = qcompiler.quantize(model, x, bits=8, calibration=calibration, progress=False)
@@ -185,15 +191,15 @@ def run_model(name: str, args) -> Row:
             row.fail("quantize", e)
             if args.remedy:
                 row.errors.append(("remedy", "skipped: the error carries no .overrides", ""))
-            return _baselines(row, model, calibration, inputs, ref, x, args)
-        row.errors.append(("quantize", first_line(e), f"remedy: overrides={overrides}"))
+            return None
+        row.errors.append(("quantize", f"{first_line(e)}\nremedy: quantize again with overrides={overrides}", ""))
         start = time.perf_counter()
         try:
             qm = qcompiler.quantize(model, x, bits=8, calibration=calibration, overrides=overrides, progress=False)
             row.cells["remedy"] = f"{len(overrides)} float"
         except Exception as e2:  # noqa: BLE001
             row.fail("quantize+remedy", e2)
-            return _baselines(row, model, calibration, inputs, ref, x, args)
+            return None
     row.cells["quantize s"] = time.perf_counter() - start
     try:
         row.cells["sim dB"] = sqnr_db(ref, torch.cat([qm.simulate(t) for t in inputs]))
@@ -204,7 +210,7 @@ def run_model(name: str, args) -> Row:
         row.cells["int dB"] = sqnr_db(ref, torch.from_numpy(np.concatenate(integer)))
     except Exception as e:  # noqa: BLE001
         row.fail("interpret", e, qm.graph)
-        return _baselines(row, model, calibration, inputs, ref, x, args)
+        return None
     start = time.perf_counter()
     try:
         cm = qm.compile("host", threads=args.threads, progress=False)
@@ -213,9 +219,9 @@ def run_model(name: str, args) -> Row:
         row.cells["bit-exact"] = "yes" if same else "NO"
     except Exception as e:  # noqa: BLE001
         row.fail("compile host", e, qm.program)
-        return _baselines(row, model, calibration, inputs, ref, x, args)
+        return None
     row.cells.setdefault("status", "ok" + (" (remedy)" if "remedy" in row.cells else ""))
-    return _baselines(row, model, calibration, inputs, ref, x, args, ours=lambda a: np.asarray(cm(a)))
+    return lambda a: np.asarray(cm(a))
 
 
 def _baselines(row: Row, model, calibration, inputs, ref, x, args, ours=None) -> Row:

@@ -13,35 +13,39 @@ from qcompiler.pass_manager import Pass, PassContext, PassResult, Problem, regis
 from qcompiler.passes.calibrate import ptq_data, ptq_problems
 
 
-class _Correcting(fx.Interpreter):
-    """Runs the simulation once over all calibration inputs (one batch); at each layer it
-    corrects the bias from the output it just computed, then hands on the corrected output,
-    so every later layer is corrected against the already-corrected ones before it."""
-
-    def __init__(self, gm: fx.GraphModule, layers: dict[str, QuantLayer], reference: dict[str, torch.Tensor],
-                 progress: Any = None):
-        super().__init__(gm)
-        self.layers = layers
-        self.reference = reference
-        self.shifts: list[float] = []
-        self.progress = progress
-
-    def run_node(self, n):
-        out = super().run_node(n)
-        layer = self.layers.get(n.name)
-        if layer is None:
-            return out
-        cdim = channel_dim(n) % out.dim()
-        delta = self.reference[n.name] - channel_mean(out, cdim)
-        scales = layer.bias_scales(self.module)
-        step = torch.round(delta / scales).to(torch.int64)
-        layer.set_bias_int(self.module, layer.bias_int(self.module).to(torch.int64) + step)
-        self.shifts.append(float(delta.abs().mean()))
-        if self.progress is not None:
-            self.progress.update(1)
-        shape = [1] * out.dim()
-        shape[cdim] = -1
-        return out + (step.double() * scales).reshape(shape).to(out.dtype)
+def correct_in_lockstep(gm: fx.GraphModule, batches: list[tuple], layers: dict[str, QuantLayer],
+                        reference: dict[str, torch.Tensor], progress: Any = None) -> list[float]:
+    """Run the simulation on every calibration batch in lockstep, node by node (batches are
+    never concatenated: a model may fix its batch size); at each layer correct the bias from
+    the mean of its outputs over all batches, then hand on the corrected outputs, so every
+    later layer is corrected against the already-corrected ones before it. Returns the mean
+    |shift| of each layer."""
+    runners = [fx.Interpreter(gm) for _ in batches]
+    for runner, batch in zip(runners, batches):
+        runner.env, runner.args_iter = {}, iter(batch)
+    shifts = []
+    for node in gm.graph.nodes:
+        outs = [runner.run_node(node) for runner in runners]
+        if node.op == "output":
+            break
+        layer = layers.get(node.name)
+        if layer is not None:
+            cdim = channel_dim(node) % outs[0].dim()
+            counts = [o.numel() // o.shape[cdim] for o in outs]
+            observed = sum(channel_mean(o, cdim) * n for o, n in zip(outs, counts)) / sum(counts)
+            delta = reference[node.name] - observed
+            scales = layer.bias_scales(gm)
+            step = torch.round(delta / scales).to(torch.int64)
+            layer.set_bias_int(gm, layer.bias_int(gm).to(torch.int64) + step)
+            shifts.append(float(delta.abs().mean()))
+            shape = [1] * outs[0].dim()
+            shape[cdim] = -1
+            outs = [o + (step.double() * scales).reshape(shape).to(o.dtype) for o in outs]
+            if progress is not None:
+                progress.update(1)
+        for runner, out in zip(runners, outs):
+            runner.env[node] = out
+    return shifts
 
 
 @register_pass(after=["calibrate", "adaround"])
@@ -75,12 +79,11 @@ class BiasCorrection(Pass):
 
     def run(self, gm: fx.GraphModule, ctx: PassContext) -> PassResult:
         layers = {l.name: l for l in quant_layers(gm) if l.bias_dq is not None}
-        float_graph, batches, everything = ptq_data(gm, ctx, self.max_batches)
+        float_graph, batches, _ = ptq_data(gm, ctx, self.max_batches)
         reference = channel_means(float_graph, batches, {name: channel_dim(l.node) for name, l in layers.items()})
         with bar(total=len(layers), desc="bias correction", unit="layer", progress=ctx.progress) as layer_bar, \
                 torch.no_grad():
-            correcting = _Correcting(gm, layers, reference, layer_bar)
-            correcting.run(*everything)
-        mean_shift = sum(correcting.shifts) / max(len(correcting.shifts), 1)
+            shifts = correct_in_lockstep(gm, batches, layers, reference, layer_bar)
+        mean_shift = sum(shifts) / max(len(shifts), 1)
         return PassResult(gm, bool(layers), f"corrected {len(layers)} biases on {len(batches)} batch(es); mean |shift| {mean_shift:.3g}",
                           counts={"biases": len(layers), "batches": len(batches)})

@@ -78,7 +78,7 @@ def test_constant_padding_by_another_value_is_listed_as_needing_float():
 
 
 @pytest.mark.parametrize("mode", ["reflect", "replicate", "circular"])
-@pytest.mark.parametrize("pad", [(1, 2, 2, 0), (-1, 2, 0, 1), (2, -1, 1, -1), (3, 0)])
+@pytest.mark.parametrize("pad", [(1, 2, 2, 0), (-1, 2, 0, 1), (2, -1, 1, -1), (3, 0, 0, 4)])
 def test_the_reference_equals_torch_on_codes_negative_pads_included(mode, pad):
     x = torch.randint(-128, 128, (2, 3, 5, 6), dtype=torch.int8)
     want = aten.pad.default(x, list(pad), mode).numpy()

@@ -75,6 +75,10 @@ def test_constant_padding_by_another_value_is_listed_as_needing_float():
     x = torch.randn(1, 3, 6, 6)
     with pytest.raises(QCompilerError, match=r"aten\.pad\.default.*constant padding by 0\.5 has no integer form"):
         qcompiler.quantize(Padded((1, 1, 1, 1), "constant", value=0.5).eval(), x, calibration=[x])
+    qm = qcompiler.quantize(Padded((1, 1, 1, 1), "constant", value=0.5).eval(), x, calibration=[x], overrides={"pad": "float"})
+    assert any(n.meta.get("qc_float_fallback") and n.target == aten.pad.default for n in qm.program.graph.nodes)
+    assert torch.equal(qm.interpret(x), qm.simulate(x))
+    assert torch.equal(qm.compile("host", progress=False)(x), qm.interpret(x))
 
 
 @pytest.mark.parametrize("mode", ["reflect", "replicate", "circular"])

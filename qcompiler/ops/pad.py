@@ -21,8 +21,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..graph import node_label
-from .convert import ConversionError
+from .. import meta
 from .registry import PASSTHROUGH, OpDef, Source, op_arg
 
 aten = torch.ops.aten
@@ -70,11 +69,14 @@ def check(node) -> str:
 
 
 def on_integers(cv, node, x):
-    """pad(DQ(x)) → constant_pad_nd of x's codes by its zero point, or qcompiler.pad."""
+    """pad(DQ(x)) → constant_pad_nd of x's codes by its zero point, or qcompiler.pad. A pad
+    with no integer form reaches here only when it is kept in float (an override or the
+    scheme's fallback_ops): dequantize → the float pad → quantize on x's parameters."""
     mode, _ = mode_and_value(node)
-    why = check(node)
-    if why:
-        raise ConversionError(f"{node_label(node)}: {why}")
+    if check(node):
+        f = cv.graph.call_function(node.target, (cv.float_of(node.args[0]), *node.args[1:]), dict(node.kwargs))
+        f.meta[meta.FLOAT_FALLBACK] = True
+        return cv.emit_for(node, torch.ops.qcompiler.quantize.default, (f, x.scale, x.zp, x.qmin, x.qmax, x.dtype))
     pad = [int(p) for p in node.args[1]]
     if mode == "constant":
         return cv.emit_for(node, aten.constant_pad_nd.default, (x.node, pad, x.zp))

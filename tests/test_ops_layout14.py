@@ -16,6 +16,7 @@ from qcompiler.interpreter import interpret
 from qcompiler.ops import qc
 from qcompiler.ops import pad as pad_op
 from qcompiler.ops.upsample_bilinear2d import FRACTION_BITS, axis_weights
+from qcompiler.passes.adaround import Adaround
 from qcompiler.testing import check_op
 
 aten = torch.ops.aten
@@ -142,7 +143,7 @@ def test_conv1d_same_padding_with_an_even_kernel_pads_two_left_three_right():
     assert pad.args[1] == [0, 1] and conv.args[5] == [0, 2]  # 2 + 1 on the right, 2 on the left
 
 
-@pytest.mark.parametrize("ptq", [["bias_correction"], ["adaround"]])
+@pytest.mark.parametrize("ptq", [["bias_correction"], [Adaround(iterations=100)]], ids=["bias_correction", "adaround"])
 def test_ptq_passes_handle_conv1d_weights(ptq):
     model = Conv1dNet(kernel_size=5, padding=2).eval()
     x = torch.randn(8, 3, 24)

@@ -17,6 +17,10 @@ from qcompiler.progress import bar as progress_bar
 ZETA, GAMMA = 1.1, -0.1  # the rectified sigmoid's stretch
 
 
+CONV_BY_RANK = {3: F.conv1d, 4: F.conv2d, 5: F.conv3d}
+"""The convolution of a weight of each rank (conv1d's weight is [O, C/g, k])."""
+
+
 def rectified_sigmoid(v: torch.Tensor) -> torch.Tensor:
     return torch.clamp(torch.sigmoid(v) * (ZETA - GAMMA) + GAMMA, 0.0, 1.0)
 
@@ -130,7 +134,7 @@ class Adaround(Pass):
         for it in range(self.iterations):
             idx = torch.randint(n, (min(self.batch_size, n),), generator=gen)
             w_soft = s32 * torch.clamp(floor32 + rectified_sigmoid(v), spec.qmin, spec.qmax)
-            y = F.conv2d(x_q[idx], w_soft, bias, **conv) if conv else F.linear(x_q[idx], w_soft, bias)
+            y = CONV_BY_RANK[w_soft.dim()](x_q[idx], w_soft, bias, **conv) if conv else F.linear(x_q[idx], w_soft, bias)
             y = apply_activations(gm, layer, y)
             loss = F.mse_loss(y, target[idx], reduction="sum") / len(idx)
             if it >= start:

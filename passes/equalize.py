@@ -34,6 +34,7 @@ from qcompiler.graph import (LayerView, add_constant, aten, get_tensor, is_call,
                              output_shape, replace_all_uses, replace_constant_arg, single_user, tensor_arg)
 from qcompiler.pass_manager import Pass, PassContext, PassResult, register_pass
 from qcompiler.ops import CLAMP_BOUNDS, op_arg
+from qcompiler.ops.pad import FIXED_MODE as PAD_MODES, mode_and_value as pad_mode_and_value
 
 # ------------------------------------------------------------------ the pair search as rules
 # A pair's path is found by walking from ``first`` through single users. Each op on the way
@@ -99,6 +100,15 @@ def _through_zero_pad(gm: fx.GraphModule, node: fx.Node, rank: int, cdim: int) -
     return _Step("other", rank, cdim, False)
 
 
+def _through_pad(gm: fx.GraphModule, node: fx.Node, rank: int, cdim: int) -> Optional[_Step]:
+    """aten.pad (and the one-mode padding ops) of dims after the channel dim: by zero, as a
+    zero pad; reflect/replicate/circular copy values, so they commute with a shift too."""
+    mode, value = pad_mode_and_value(node)
+    if rank - len(node.args[1]) // 2 <= cdim or (mode == "constant" and value != 0):
+        return None
+    return _Step("other", rank, cdim, mode != "constant")
+
+
 def _through_mean(gm: fx.GraphModule, node: fx.Node, rank: int, cdim: int) -> Optional[_Step]:
     """A mean over dims other than the batch and the channel dim."""
     dims = [d % rank for d in node.args[1]]
@@ -135,6 +145,7 @@ ACTIVATION_RULES: list[tuple[OpPattern, Through]] = [
 LAYOUT_RULES: list[tuple[OpPattern, Through]] = [
     (ops(aten.clone.default, aten.alias.default, aten.detach.default), _through_identity),
     (ops(aten.constant_pad_nd.default), _through_zero_pad),
+    (ops(aten.pad.default, *PAD_MODES), _through_pad),
     (ops(aten.mean.dim), _through_mean),
     (ops(aten.avg_pool2d.default, aten._adaptive_avg_pool2d.default, aten.adaptive_avg_pool2d.default), _through_pool),
     (ops(aten.view.default, aten.reshape.default, aten._unsafe_view.default), _through_flatten),

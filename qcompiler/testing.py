@@ -15,7 +15,8 @@ runs, with no conftest. A ``@settings(...)`` below ``@given`` replaces them for 
 
 The models mix conv (any kernel, stride, padding, dilation; depthwise and grouped; with or
 without bias), BatchNorm, relu/relu6/hardswish/clamp, residual add, concat, avg/max pool,
-flatten and linear, with weights whose channel ranges differ by orders of magnitude and,
+zero/reflect/replicate/circular padding, bilinear and nearest-exact upsampling, flatten and
+linear, with weights whose channel ranges differ by orders of magnitude and,
 sometimes, dead (all-zero) channels.
 """
 from __future__ import annotations
@@ -127,6 +128,15 @@ class ZeroPad(nn.Module):
         return torch.nn.functional.pad(x, self.pad)
 
 
+class ModePad(nn.Module):
+    def __init__(self, pad: tuple, mode: str):
+        super().__init__()
+        self.pad, self.mode = pad, mode
+
+    def forward(self, x):
+        return torch.nn.functional.pad(x, self.pad, mode=self.mode)
+
+
 class ChannelGram(nn.Module):
     """[N, C, H, W] → [N, 1, C, C]: channel-by-channel products (a matmul of activations)."""
 
@@ -235,7 +245,8 @@ def float_models(draw, max_blocks: int = 5, activations: Sequence[str] = ACTIVAT
         return nn.Sequential(*mods), s["c_out"], _out_size(h_, s), _out_size(w_, s), "+".join(desc)
 
     for _ in range(draw(st.integers(1, max_blocks))):
-        choice = draw(st.sampled_from(["conv", "conv", "separable", "residual", "concat", "pool", "gate", "difference", "pad", "gram"]))
+        choice = draw(st.sampled_from(["conv", "conv", "separable", "residual", "concat", "pool", "gate", "difference", "pad", "gram",
+                                       "pad_mode", "upsample"]))
         if choice == "pool" and min(h, w) >= 2:
             kind = draw(st.sampled_from(["avg", "max"]))
             layers.append(nn.AvgPool2d(2) if kind == "avg" else nn.MaxPool2d(2))
@@ -251,6 +262,19 @@ def float_models(draw, max_blocks: int = 5, activations: Sequence[str] = ACTIVAT
             layers.append(ZeroPad(pad))
             h, w = h + pad[2] + pad[3], w + pad[0] + pad[1]
             spec.append(f"pad{pad}")
+        elif choice == "pad_mode":  # reflect / replicate / circular padding (a gather of codes)
+            mode = draw(st.sampled_from(["reflect", "replicate", "circular"]))
+            pad = tuple(draw(st.integers(0, min(2, (w if i < 2 else h) - 1))) for i in range(4))
+            layers.append(ModePad(pad, mode))
+            h, w = h + pad[2] + pad[3], w + pad[0] + pad[1]
+            spec.append(f"pad{pad}({mode})")
+        elif choice == "upsample" and h * w <= 64:  # bilinear (fixed-point weights) or nearest-exact
+            mode = draw(st.sampled_from(["bilinear", "bilinear", "nearest-exact"]))
+            factor = draw(st.sampled_from([2.0, 1.5]))
+            align = draw(st.booleans()) if mode == "bilinear" else None
+            layers.append(nn.Upsample(scale_factor=factor, mode=mode, align_corners=align))
+            h, w = int(h * factor), int(w * factor)
+            spec.append(f"upsample({mode},x{factor}" + (",align_corners)" if align else ")"))
         elif choice == "gram" and c >= 2 and h * w <= 64:
             layers.append(ChannelGram())
             c, h, w = 1, c, c

@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 
 from . import (add, avg_pool2d, clamp, concat, conv2d, dequantize, layout, linear, lut, matmul, max_pool2d, mean, mul,
-               quantize, requantize, upsample_nearest2d)
+               pad, quantize, requantize, upsample_bilinear2d, upsample_nearest2d)
 from .convert import ConversionError, IntValue, Match, QParams
 from .registry import (ACTIVATION, KINDS, OPS, OWN, PASSTHROUGH, SHARED, TORCH_TO_NUMPY, WEIGHTED, OpDef, OpRegistryError, Rule,
                        Source, SourceView, arg_check, find_op, fuses_activations, get_op, keep_whole_ops, op_arg, op_for_target, op_kind, op_name, op_of,
@@ -29,6 +29,8 @@ BUILTIN_OPS = [
     requantize.OP,
     lut.OP,
     upsample_nearest2d.OP,
+    upsample_bilinear2d.OP,
+    pad.OP,
     *layout.OPS,
 ]
 

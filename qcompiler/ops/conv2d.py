@@ -5,11 +5,18 @@ bounds:
     acc[n,o,y,x] = Σ (x − z_x)·w + bias[o]     (padding of x − z_x by 0, i.e. of x by z_x)
     out = clamp(z_y + ((acc·m[o] + 2^(S[o]−1)) >> S[o]), lo[o], hi[o])
 
+A 1-d convolution (``nn.Conv1d``, weight [O, C/g, k]) is the 2-d one of height 1: its
+input unsqueezed to [N, C, 1, L], the weight viewed as [O, C/g, 1, k], stride/padding/
+dilation (1, s), (0, p), (1, d), and the result squeezed back to [N, O, L'] (so the host
+and arm kernels serve it too; asymmetric "same" padding comes as a zero-point
+``constant_pad_nd`` before it).
+
 Source: Jacob et al. 2018 §2.3; fixed point: qcompiler/fixed_point.py (docs/semantics.md)."""
 from __future__ import annotations
 
 import numpy as np
 import torch
+import torch.fx as fx
 
 from ..fixed_point import requantize
 from ..graph import get_tensor, node_label
@@ -53,12 +60,35 @@ def _conv_args(node) -> tuple:
 
 
 def convert(cv, m: Match):
-    """Q(act…(conv(DQ(x), DQ(w), b))) → qcompiler.conv2d."""
+    """Q(act…(conv(DQ(x), DQ(w), b))) → qcompiler.conv2d (a 1-d conv: unsqueeze → conv2d of
+    height 1 → squeeze)."""
     stride, padding, dilation, groups = _conv_args(m.node)
+    if _weight_rank(cv, m.node) == 3:
+        if isinstance(padding, str):
+            raise ConversionError(f"{node_label(m.node)}: padding {padding!r} of a 1-d convolution has no integer form yet")
+        ops = weighted_operands(cv, m, weight_layout=lambda w: w.unsqueeze(2))
+        x = cv.emit_for(m.node, aten.unsqueeze.default, (ops.x.node, 2), f"{m.name}_2d")
+        geometry = ([1, _one(stride)], [0, _one(padding)], [1, _one(dilation)])
+        conv = cv.emit_for(m.node, OP.target, (x, *ops.common, *geometry, int(groups), *ops.epilogue), m.name)
+        return cv.emit_for(m.q, aten.squeeze.dims, (conv, [2]), f"{m.name}_1d")
     ops = weighted_operands(cv, m)
     if len(ops.w.shape) != 4:
-        raise ConversionError(f"{node_label(m.node)}: only 2-d convolution has an integer form yet (weight {tuple(ops.w.shape)})")
+        raise ConversionError(f"{node_label(m.node)}: only 1-d and 2-d convolution have an integer form yet "
+                              f"(weight {tuple(ops.w.shape)})")
     return cv.emit(OP.target, (ops.x.node, *ops.common, pair(stride), pair(padding), pair(dilation), int(groups), *ops.epilogue), m)
+
+
+def _weight_rank(cv, node) -> int:
+    """The rank of a conv's quantized weight (DQ(constant)); 0 if it is not one."""
+    w = node.args[1]
+    if isinstance(w, fx.Node) and w.args and isinstance(w.args[0], fx.Node) and w.args[0].op == "get_attr":
+        return cv.tensor(w.args[0]).dim()
+    return 0
+
+
+def _one(v) -> int:
+    """A 1-d conv's stride/padding/dilation (an int or a 1-sequence) as an int."""
+    return int(v) if isinstance(v, int) else int(list(v)[0])
 
 
 def lowering(ctx, node, args, kwargs):

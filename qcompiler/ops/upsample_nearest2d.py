@@ -1,13 +1,14 @@
-"""qcompiler.upsample_nearest2d: nearest-neighbour upsampling (nn.Upsample(mode="nearest"),
-F.interpolate(mode="nearest")) of NCHW integer values: a copy of integer codes, so the
+"""qcompiler.upsample_nearest2d: nearest-neighbour upsampling (nn.Upsample(mode="nearest") and
+mode="nearest-exact", F.interpolate likewise) of NCHW integer values: a copy of integer codes, so the
 output keeps the input's quantization parameters and equals the simulation exactly.
 
     out[n, c, i, j] = x[n, c, rows[i], cols[j]]
 
 ``rows`` and ``cols`` are found at conversion by running the float op itself on tensors of
 row and column indices, so they follow torch's index rule for every size and scale factor
-(floor(i·scale) with torch's float scale). ("nearest-exact" is decomposed by capture into
-index arithmetic, which has no integer form yet.)"""
+(floor(i·scale) with torch's float scale; for "nearest-exact", floor((i + 0.5)·scale)).
+Capture keeps ``aten._upsample_nearest_exact2d`` whole (torch.export would decompose it into
+index arithmetic)."""
 from __future__ import annotations
 
 import numpy as np
@@ -19,6 +20,7 @@ from .registry import PASSTHROUGH, OpDef, Source
 
 aten = torch.ops.aten
 SOURCES = (aten.upsample_nearest2d.vec, aten.upsample_nearest2d.default)
+EXACT_SOURCES = (aten._upsample_nearest_exact2d.vec, aten._upsample_nearest_exact2d.default)
 
 
 def reference(x, rows, cols):
@@ -59,5 +61,6 @@ def lowering(ctx, node, args, kwargs):
 OP = OpDef(
     name="upsample_nearest2d", doc="nearest-neighbour upsampling of NCHW integer values (a copy of codes)",
     schema="(Tensor x, Tensor rows, Tensor cols) -> Tensor", reference=reference, out_dtype="input", lowering=lowering,
-    sources={t: Source(PASSTHROUGH, on_integers=on_integers) for t in SOURCES},
+    sources={**{t: Source(PASSTHROUGH, on_integers=on_integers) for t in SOURCES},
+             **{t: Source(PASSTHROUGH, on_integers=on_integers, keep_whole=True) for t in EXACT_SOURCES}},
 )

@@ -5,6 +5,7 @@ Inference", §2.2–2.4), and the report's byte count of their data."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable, Optional
 
 import numpy as np
 import torch
@@ -31,10 +32,11 @@ class WeightedOperands:
     epilogue: tuple
 
 
-def weighted_operands(cv, m: Match) -> WeightedOperands:
+def weighted_operands(cv, m: Match, weight_layout: Optional[Callable[[torch.Tensor], torch.Tensor]] = None) -> WeightedOperands:
     """Weights as int8 (int16 if they do not fit), the bias quantized with scale s_x·s_w
     (the simulation's int32 bias if it has one), multipliers s_x·s_w/s_y per output channel,
-    and the fused activations' bounds."""
+    and the fused activations' bounds. ``weight_layout``: the program's weight from the
+    simulation's (e.g. a conv1d's [O, C, k] as [O, C, 1, k]); ``w`` stays the simulation's."""
     op, out = m.node, m.out
     x = cv.int_of(op.args[0], op)
     wdq = op.args[1]
@@ -56,7 +58,8 @@ def weighted_operands(cv, m: Match) -> WeightedOperands:
     mult, shift = quantize_multipliers(x.scale * w_scales / out.scale)
     lo, hi = cv.bounds(m.acts, out, channels)
     name = op.name
-    common = (cv.const(w.to(torch.int8 if w.abs().max() <= 127 else torch.int16), f"{name}_w"), cv.const(b_q, f"{name}_bias"), x.zp)
+    w_program = (weight_layout or (lambda t: t))(w.to(torch.int8 if w.abs().max() <= 127 else torch.int16))
+    common = (cv.const(w_program, f"{name}_w"), cv.const(b_q, f"{name}_bias"), x.zp)
     epilogue = (cv.const(mult, f"{name}_mult"), cv.const(shift, f"{name}_shift"), out.zp,
                 cv.const(lo, f"{name}_lo"), cv.const(hi, f"{name}_hi"), out.dtype)
     return WeightedOperands(x, w, common, epilogue)

@@ -70,10 +70,11 @@ class _Converter:
         self.root.register_buffer(target, tensor.clone())
         return self.graph.get_attr(target)
 
-    def emit_for(self, sim_node: fx.Node, target, args: tuple, name: Optional[str] = None) -> fx.Node:
+    def emit_for(self, sim_node: fx.Node, target, args: tuple, name: Optional[str] = None,
+                 kwargs: Optional[dict] = None) -> fx.Node:
         """A new program node standing for ``sim_node`` (the simulation's quantize, or the
         layout op, it replaces), named ``name`` (default: after ``sim_node``)."""
-        node = self.graph.call_function(target, args)
+        node = self.graph.call_function(target, args, kwargs or {})
         node.meta[meta.SIM_NODE] = sim_node.name
         wanted = name or sim_node.name
         if wanted not in self.names:
@@ -227,7 +228,8 @@ class _Converter:
             src = node.args[0]
             tensor = self.ints[src].node if src in self.ints else self.float_of(src)
             self.values[node] = self.graph.call_function(t, (tensor, node.args[1]))
-        elif isinstance(node.args[0] if node.args else None, fx.Node) and node.args[0] in self.ints and op_kind(t) == PASSTHROUGH:
+        elif isinstance(node.args[0] if node.args else None, fx.Node) and node.args[0] in self.ints and op_kind(t) == PASSTHROUGH \
+                and node.name not in self.float_nodes:
             self.on_integers(node)
         # anything else is computed when the quantize after it is reached (or is float-only)
 
@@ -249,7 +251,7 @@ class _Converter:
 
     def _same_op(self, cv: "_Converter", node: fx.Node, iv: IntValue) -> fx.Node:
         args = tuple(self.ints[a].node if isinstance(a, fx.Node) and a in self.ints else self.float_of(a) for a in node.args)
-        return self.emit_for(node, node.target, args)
+        return self.emit_for(node, node.target, args, kwargs={k: self.float_of(v) for k, v in node.kwargs.items()})
 
     def quantize(self, q: fx.Node) -> None:
         params = read_qparams(self.sim, q)

@@ -213,14 +213,6 @@ def _pad_on_integers(cv, node, x):
     return cv.emit_for(node, node.target, (x.node, node.args[1], x.zp))
 
 
-def _clone_on_integers(cv, node, x):
-    """clone on the integers with its keywords kept: memory_format=contiguous makes the copy
-    a view after it needs (pixel shuffle: view → permute → clone → view)."""
-    new = cv.emit_for(node, node.target, (x.node, *node.args[1:]))
-    new.kwargs = dict(node.kwargs)
-    return new
-
-
 def _getitem_on_integers(cv, node, x):
     """Output ``i`` of a tuple-valued op on integers: the integer node itself when the op
     computes only that output (``Source.integer_outputs``, e.g. a max pool's values), else
@@ -265,7 +257,7 @@ OPS = [
     layout_op(aten.permute.default, np.transpose, _lower_permute),
     layout_op(aten.transpose.int, np.swapaxes, _lower_transpose),
     layout_op(aten.t.default, np.transpose, _lower_t),
-    layout_op(aten.clone.default, lambda x, **kw: x.copy(), _lower_identity, on_integers=_clone_on_integers),
+    layout_op(aten.clone.default, lambda x, **kw: x.copy(), _lower_identity),  # keeps memory_format (pixel shuffle)
     layout_op(aten.alias.default, lambda x: x, _lower_identity),
     layout_op(aten.contiguous.default, lambda x, **kw: x, _lower_identity, passthrough=False),
     layout_op(aten.squeeze.dim, _squeeze, _lower_squeeze),

@@ -118,7 +118,8 @@ class _Converter:
             iv = self.inner_value(sim_node, sim_node, self.float_output_params(sim_node))
             self.values[sim_node] = self.graph.call_function(qc.dequantize.default, (iv.node, iv.scale, iv.zp))
             return self.values[sim_node]
-        if sim_node.op == "call_function" and (not self.sim.meta.get(meta.SCHEME) or not _has_float(sim_node)):
+        if sim_node.op == "call_function" and (not self.sim.meta.get(meta.SCHEME) or not _has_float(sim_node)
+                                               or self.from_constants(sim_node)):
             # index or shape arithmetic on integers (no quantization involved), or a float op
             # a PT2E quantizer left between dequantize and quantize: the same op in the program
             self.values[sim_node] = self.float_op(sim_node)
@@ -132,6 +133,10 @@ class _Converter:
             return self.ints[arg]
         if isinstance(arg, fx.Node) and op_kind(arg.target) == WEIGHTED and arg not in self.values and len(arg.users) == 1:
             return self.inner_value(arg, op, out)
+        if isinstance(arg, fx.Node) and arg.op == "call_function" and self.from_constants(arg):
+            value = self.float_of(arg)  # e.g. a class token expanded to the batch: computed, then quantized like the output
+            node = self.graph.call_function(qc.quantize.default, (value, out.scale, out.zp, out.qmin, out.qmax, out.dtype))
+            return IntValue(node, out.scale, out.zp, out.qmin, out.qmax, out.dtype)
         if isinstance(arg, fx.Node) and arg.op == "get_attr":
             value = self.tensor(arg).double().numpy()
         elif isinstance(arg, (int, float)):
@@ -140,6 +145,15 @@ class _Converter:
             raise ConversionError(f"{node_label(op)}: operand {arg!r} is neither quantized nor constant")
         qv = np.rint(value / out.scale).astype(np.int64)
         return IntValue(self.const(qv, f"{op.name}_const"), out.scale, 0, int(qv.min(initial=0)), int(qv.max(initial=0)), torch.int64)
+
+    def from_constants(self, node: fx.Node) -> bool:
+        """Whether ``node`` is computed from constants and shapes alone (no input data, no
+        quantized value): such a value can be computed in the program and quantized there."""
+        if node.op == "get_attr" or node.target == aten.sym_size.int:
+            return True
+        if node.op != "call_function" or node in self.ints or is_quantize(node) or is_dequantize(node):
+            return False
+        return all(self.from_constants(a) for a in node.all_input_nodes)
 
     def constant_value(self, node: fx.Node) -> torch.Tensor:
         """The value of a node computed from constants only (a weight's dequantize)."""

@@ -53,7 +53,7 @@ def convert_scale_by_number(cv, m: Match):
         return None
     x_arg, c = (op.args[0], op.args[1]) if isinstance(op.args[1], (int, float)) else (op.args[1], op.args[0])
     x = cv.int_of(x_arg, op)
-    real = x.scale * (float(c) if op.target == aten.mul.Tensor else 1.0 / float(c)) / out.scale
+    real = x.scale * (float(c) if op.target in (aten.mul.Tensor, aten.mul.Scalar) else 1.0 / float(c)) / out.scale
     shift = 0 if real == 0 else shift_for(real)
     return cv.emit(OP.target, (x.node, x.node, x.zp, x.zp, int(round(real * 2**shift)), 0, shift, out.zp, out.qmin, out.qmax,
                                out.dtype), m)
@@ -84,7 +84,8 @@ OP = OpDef(
     schema=("(Tensor a, Tensor b, int a_zp, int b_zp, int a_mult, int b_mult, int shift, int out_zp, int lo, int hi, "
             "ScalarType out_dtype) -> Tensor"),
     reference=reference, out_dtype=10, lowering=lowering,
-    sources={aten.add.Tensor: Source(OWN), aten.sub.Tensor: Source(OWN), aten.div.Tensor: Source(OWN, check=_div_check)},
+    sources={aten.add.Tensor: Source(OWN), aten.sub.Tensor: Source(OWN), aten.div.Tensor: Source(OWN, check=_div_check),
+             aten.mul.Scalar: Source(OWN), aten.div.Scalar: Source(OWN, check=_div_check)},
     rules=(Rule((aten.add.Tensor, aten.sub.Tensor), convert_add, fuses_activations=True),
-           Rule((aten.mul.Tensor, aten.div.Tensor), convert_scale_by_number)),
+           Rule((aten.mul.Tensor, aten.div.Tensor, aten.mul.Scalar, aten.div.Scalar), convert_scale_by_number)),
 )

@@ -17,9 +17,10 @@ def reference(xs, dim, zps, mults, shifts, out_zp, lo, hi):
 
 
 def convert(cv, m: Match):
-    """Q(cat([DQ(x)...], dim)) → qcompiler.concat."""
+    """Q(cat([DQ(x)...], dim)) → qcompiler.concat; a part computed from constants (a class
+    token expanded to the batch) is quantized with the output's parameters."""
     op, out = m.node, m.out
-    parts = [cv.int_of(x, op) for x in op.args[0]]
+    parts = [cv.operand(x, op, out) for x in op.args[0]]
     dim = op.args[1] if len(op.args) > 1 else op.kwargs.get("dim", 0)
     pairs = [quantize_multiplier(p.scale / out.scale) for p in parts]
     return cv.emit(OP.target, ([p.node for p in parts], int(dim), [p.zp for p in parts], [mult for mult, _ in pairs],

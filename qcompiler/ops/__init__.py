@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import torch
 
-from . import (add, avg_pool2d, clamp, concat, conv2d, dequantize, layout, linear, lut, matmul, max_pool2d, mean, mul,
+from . import (adaptive_avg_pool2d, add, avg_pool2d, clamp, concat, conv2d, dequantize, layout, linear, lut, matmul, max_pool2d, mean, mul,
                quantize, requantize, upsample_nearest2d)
 from .convert import ConversionError, IntValue, Match, QParams
 from .registry import (ACTIVATION, KINDS, OPS, OWN, PASSTHROUGH, SHARED, TORCH_TO_NUMPY, WEIGHTED, OpDef, OpRegistryError, Rule,
@@ -25,6 +25,7 @@ BUILTIN_OPS = [
     mean.OP,
     avg_pool2d.OP,
     max_pool2d.OP,
+    adaptive_avg_pool2d.OP,
     clamp.OP,
     requantize.OP,
     lut.OP,

@@ -13,16 +13,16 @@ import torch
 import torch.fx as fx
 
 from qcompiler import meta
-from qcompiler.errors import QCompilerError, did_you_mean
-from qcompiler.graph import add_constant, aten, get_tensor, layer_view, node_label, single_user
+from qcompiler.errors import QCompilerError, UnsupportedOpError, did_you_mean
+from qcompiler.graph import add_constant, aten, get_tensor, getitem_users, layer_view, node_label, single_user, source_location
 from qcompiler.observers import ActivationObserver, weight_qparams
 from qcompiler.qparams import DEQUANTIZE_OPS, QUANTIZE_OPS, QuantParams, insert_dequantize
 from qcompiler.pass_manager import Pass, PassContext, PassResult, Problem, register_pass
-from qcompiler.ops import ACTIVATION, OWN, PASSTHROUGH, SHARED, WEIGHTED, arg_check, fuses_activations, op_kind, op_name
+from qcompiler.ops import (ACTIVATION, OWN, PASSTHROUGH, SHARED, WEIGHTED, arg_check, fuses_activations, op_kind, op_name,
+                           source_of)
 from qcompiler.scheme import QuantScheme, QuantSpec, host_scheme
 
-class UnsupportedOpError(QCompilerError):
-    """Ops with no integer form that the scheme does not let fall back to float."""
+__all__ = ["InsertQuantizers", "NodeOverride", "UnsupportedOpError", "is_float_tensor", "produces_float"]
 
 
 @dataclass(frozen=True)
@@ -70,6 +70,30 @@ _QDQ_OPS = set(QUANTIZE_OPS + DEQUANTIZE_OPS)
 def is_float_tensor(node: Any) -> bool:
     val = node.meta.get(meta.VAL) if isinstance(node, fx.Node) else None
     return isinstance(val, torch.Tensor) and val.is_floating_point()
+
+
+def is_tuple_valued(node: Any) -> bool:
+    """Whether ``node`` returns several values (read through ``getitem``: split, a max pool
+    with indices, BatchNorm, layer/group norm)."""
+    return isinstance(node, fx.Node) and isinstance(node.meta.get(meta.VAL), (tuple, list))
+
+
+def produces_float(node: Any) -> bool:
+    """Whether ``node`` returns a float tensor, or a tuple holding one."""
+    if is_tuple_valued(node):
+        return any(isinstance(v, torch.Tensor) and v.is_floating_point() for v in node.meta[meta.VAL])
+    return is_float_tensor(node)
+
+
+def _unused_outputs_check(node: fx.Node) -> str:
+    """'' unless ``node`` computes only one output of a tuple in integers
+    (``Source.integer_outputs``) and another one is used."""
+    source = source_of(node.target)
+    only = getattr(source, "integer_outputs", None)
+    if only is None or not is_tuple_valued(node):
+        return ""
+    used = sorted(i for i, g in getitem_users(node).items() if i != only and g.users)
+    return f"its output(s) {used} are used, and only output {only} has an integer form" if used else ""
 
 
 @register_pass(after=["fold_bn", "equalize"])
@@ -130,17 +154,23 @@ class InsertQuantizers(Pass):
 
     # -- classification ------------------------------------------------------------------
     def _kind(self, node: fx.Node, overrides: dict) -> Optional[str]:
-        """The node's quantization kind, 'float' if it runs in float, None if not a float op."""
-        if node.op != "call_function" or not (is_float_tensor(node) or node.target in (aten.max_pool2d_with_indices.default,)):
+        """The node's quantization kind, 'float' if it runs in float, None if not a float op
+        or one with no integer form (``_why_not``)."""
+        if node.op != "call_function" or not produces_float(node):
             return None
         if node in overrides and overrides[node].float:
             return "float"
         kind = op_kind(node.target)
-        if kind is not None and arg_check(node):
+        if kind is not None and self._why_not(node):
             kind = None
         if kind is None and op_name(node.target) in self.scheme.fallback_ops:
             return "float"
         return kind
+
+    @staticmethod
+    def _why_not(node: fx.Node) -> str:
+        """Why an op with a registry row has no integer form with these arguments ('' if it has)."""
+        return arg_check(node) or _unused_outputs_check(node)
 
     def requires(self, gm: fx.GraphModule, ctx: PassContext) -> list[Problem]:
         quantized = [n.name for n in gm.graph.nodes if n.target in _QDQ_OPS
@@ -151,21 +181,10 @@ class InsertQuantizers(Pass):
                             "give insert_quantizers the float graph (quantize() takes the float model); to compile a "
                             "PT2E-quantized graph use qcompiler.from_pt2e")]
         overrides = self._resolve_overrides(gm)
-        unsupported = []
-        for node in gm.graph.nodes:
-            if node.op != "call_function" or not is_float_tensor(node):
-                continue
-            if self._kind(node, overrides) is None:
-                why = arg_check(node)
-                unsupported.append(f"{node_label(node)}" + (f": {why}" if why else ""))
+        unsupported = [n for n in gm.graph.nodes if n.op == "call_function" and produces_float(n)
+                       and self._kind(n, overrides) is None]
         if unsupported:
-            allowed = sorted(self.scheme.fallback_ops) or "none"
-            raise UnsupportedOpError(
-                f"{len(unsupported)} op(s) have no integer form and the scheme does not let them fall back to float:\n  - "
-                + "\n  - ".join(unsupported)
-                + f"\nThe scheme's float fallback ops: {allowed}.\nTo keep them in float (where the target allows it): "
-                "QuantScheme(fallback_ops=frozenset({'<op name>'})), or overrides={'<node name>': 'float'}."
-            )
+            raise unsupported_error([(n, self._why_not(n)) for n in unsupported], self.scheme)
         return []
 
     def ensures(self, gm: fx.GraphModule, ctx: PassContext) -> list[Problem]:
@@ -205,19 +224,43 @@ class InsertQuantizers(Pass):
                     return end
                 end = user
 
+        def share_or_own(node: fx.Node, value: Any) -> None:
+            """``node`` re-quantized with the parameters of ``value``'s point (own ones if
+            it has none, or per-channel/group ones: the op may move or reduce the axis)."""
+            src = source.get(value) if isinstance(value, fx.Node) else None
+            if src is not None and _root_spec(points, src).granularity != "tensor":
+                src = None
+            points[node] = act_spec(node) if src is None else src
+            source[node] = node
+
         fused_into: dict[fx.Node, fx.Node] = {}
         chain_of: dict[fx.Node, list[fx.Node]] = {}
+        tuple_kind: dict[fx.Node, str] = {}  # a tuple-valued op that is not passthrough: its quantizers go on its getitems
         for node in gm.graph.nodes:
             kind = kinds.get(node)
+            if kind == "float":
+                node.meta[meta.KEPT_FLOAT] = "override" if node in overrides and overrides[node].float else "fallback_ops"
             if node.op == "placeholder" and is_float_tensor(node):
                 points[node] = act_spec(node)
                 source[node] = node
+            elif kind in (WEIGHTED, OWN, "float", SHARED, ACTIVATION) and is_tuple_valued(node):
+                tuple_kind[node] = kind
+            elif node.op == "call_function" and node.args and node.args[0] in tuple_kind and is_float_tensor(node):
+                parent = node.args[0]
+                only = getattr(source_of(parent.target), "integer_outputs", None)
+                if tuple_kind[parent] != "float" and only is not None and node.args[1] != only:
+                    continue  # an unused output (requires checked it)
+                if tuple_kind[parent] in (SHARED, ACTIVATION):
+                    share_or_own(node, parent.args[0])
+                else:
+                    points[node] = act_spec(parent, node)
+                    source[node] = node
             elif node in fused_into:
                 if node is fused_into[node]:
                     points[node] = act_spec(*reversed(chain_of[node]))
                     source[node] = node
             elif kind in (WEIGHTED, OWN, "float"):
-                end = fused_end(node) if fuses_activations(node.target) else node
+                end = fused_end(node) if kind != "float" and fuses_activations(node.target) else node
                 chain_of[end] = _chain(node, end)
                 for n in chain_of[end]:
                     fused_into[n] = end
@@ -225,15 +268,7 @@ class InsertQuantizers(Pass):
                     points[node] = act_spec(node)
                     source[node] = node
             elif kind in (SHARED, ACTIVATION):
-                src = source.get(node.args[0]) if isinstance(node.args[0], fx.Node) else None
-                if src is not None and _root_spec(points, src).granularity != "tensor":
-                    src = None  # per-channel/group parameters are not shared: the op may move or reduce the axis
-                if src is None:  # input not quantized (e.g. a float constant): own parameters
-                    points[node] = act_spec(node)
-                    source[node] = node
-                else:
-                    points[node] = src
-                    source[node] = node
+                share_or_own(node, node.args[0])
             elif kind == PASSTHROUGH:
                 src = source.get(node.args[0]) if node.args and isinstance(node.args[0], fx.Node) else None
                 if src is not None:
@@ -289,6 +324,27 @@ class InsertQuantizers(Pass):
             _replace_weight(gm, node, q, scales, zps, spec, w)
             count += 1
         return count
+
+
+def unsupported_error(problems: list[tuple[fx.Node, str]], scheme: QuantScheme) -> UnsupportedOpError:
+    """One error for every node with no integer form: each with its op, where the model
+    computes it, why, and the override that keeps it in float; then all the overrides at
+    once (also on the error as ``.overrides``)."""
+    lines = []
+    for node, why in problems:
+        where = source_location(node)
+        lines.append(f"  - {node_label(node)}" + (f" at {where}" if where else "") + (f": {why}" if why else "")
+                     + f"\n      keep it in float: overrides={{'{node.name}': 'float'}}")
+    fix = {n.name: "float" for n, _ in problems}
+    ops = sorted({op_name(n.target) for n, _ in problems})
+    allowed = sorted(scheme.fallback_ops) or "none"
+    return UnsupportedOpError(
+        f"{len(problems)} node(s) have no integer form and the scheme does not let them fall back to float:\n"
+        + "\n".join(lines)
+        + f"\nTo keep all of them in float, pass quantize(..., overrides={fix!r})"
+        + f"\nor let every node of these ops fall back: QuantScheme(fallback_ops=frozenset({{{', '.join(map(repr, ops))}}})) "
+        + f"(the scheme's float fallback ops now: {allowed}).",
+        overrides=fix)
 
 
 def _root_spec(points: dict, node: fx.Node) -> QuantSpec:

@@ -6,6 +6,7 @@ a linear layer, a batch norm or an activation; passes match against them.
 from __future__ import annotations
 
 import operator
+import os
 import re
 from dataclasses import dataclass
 from typing import Any, Iterable, Optional
@@ -16,6 +17,8 @@ import torch.fx as fx
 
 from . import meta
 from .errors import GraphError
+
+_TORCH_DIR = os.path.dirname(torch.__file__)
 
 aten = torch.ops.aten
 
@@ -250,3 +253,22 @@ def node_label(node: fx.Node) -> str:
     """'name (op)' for error messages and reports."""
     target = str(node.target) if isinstance(node.target, torch._ops.OpOverload) else getattr(node.target, "__name__", str(node.target))
     return f"'{node.name}' ({target})"
+
+
+def source_location(node: fx.Node) -> str:
+    """Where the user's model computes ``node``: 'file.py:12 `y = self.norm(x)`' (the
+    innermost frame of its stack trace outside torch), then the module it was traced in
+    ('in blocks.0.norm (LayerNorm)'); '' when torch.export recorded neither."""
+    parts = []
+    frames = re.findall(r'File "([^"]+)", line (\d+), in [^\n]*\n?([^\n]*)', node.meta.get("stack_trace") or "")
+    user = [f for f in frames if not os.path.abspath(f[0]).startswith(_TORCH_DIR)]
+    if user:
+        path, line, code = user[-1]
+        parts.append(f"{os.path.basename(path)}:{line}" + (f" `{code.strip()}`," if code.strip() else ","))
+    stack = node.meta.get(meta.NN_MODULE_STACK)
+    if stack:
+        module_path, kind = list(stack.values())[-1]
+        kind = kind.__name__ if isinstance(kind, type) else str(kind).rsplit(".", 1)[-1]
+        parts.append(f"in module '{module_path}' ({kind})" if module_path else f"in the model ({kind})")
+    return " ".join(parts)
+

@@ -17,6 +17,7 @@ every op's integers with the simulation's).
 from __future__ import annotations
 
 import copy
+import operator
 import warnings
 from typing import Any, Optional
 
@@ -39,16 +40,18 @@ __all__ = ["to_integer_program", "ConversionError", "IntValue"]
 class _Converter:
     """The walk over the simulation, and the helpers conversion rules call (``cv``)."""
 
-    def __init__(self, sim: fx.GraphModule):
+    def __init__(self, sim: fx.GraphModule, problems: Optional[list] = None):
         self.sim = sim
+        self.problems = problems  # None: raise at the first node with no integer form; a list: collect them there
         self.root = torch.nn.Module()
         self.graph = fx.Graph()
         self.ints: dict[fx.Node, IntValue] = {}
         self.values: dict[Any, Any] = {}  # sim node -> new node (float tensors, sizes, ...)
         self.n_const = 0
         self.names: set[str] = set()
-        # nodes an override keeps in float: they run as float ops in the program too
-        self.float_nodes = {name for name, o in sim.meta.get(meta.OVERRIDES, {}).items() if getattr(o, "float", False)}
+        # nodes insert_quantizers keeps in float (an override, the scheme's fallback ops): float ops in the program too
+        self.float_nodes = {n.name for n in sim.graph.nodes if n.meta.get(meta.KEPT_FLOAT)}
+        self.float_nodes |= {name for name, o in sim.meta.get(meta.OVERRIDES, {}).items() if getattr(o, "float", False)}
         with warnings.catch_warnings():  # torch's pytree warns when its specs are copied
             warnings.simplefilter("ignore", FutureWarning)
             self.graph._codegen = copy.deepcopy(sim.graph._codegen)  # same input/output structure as the model
@@ -103,6 +106,16 @@ class _Converter:
             return self.values[sim_node]
         if sim_node.op == "get_attr":
             self.values[sim_node] = self.const(self.tensor(sim_node), sim_node.name)
+            return self.values[sim_node]
+        if is_dequantize(sim_node) and isinstance(sim_node.args[0], fx.Node) and sim_node.args[0].op == "get_attr":
+            # a quantized weight read by an op that runs in float: the simulation's dequantized values
+            args = [self.tensor(a) if isinstance(a, fx.Node) else a for a in sim_node.args]
+            self.values[sim_node] = self.const(sim_node.target(*args, **sim_node.kwargs), sim_node.name)
+            return self.values[sim_node]
+        if sim_node.op == "call_function" and (not self.sim.meta.get(meta.SCHEME) or not _has_float(sim_node)):
+            # index or shape arithmetic on integers (no quantization involved), or a float op
+            # a PT2E quantizer left between dequantize and quantize: the same op in the program
+            self.values[sim_node] = self.float_op(sim_node)
             return self.values[sim_node]
         raise ConversionError(f"node {node_label(sim_node)} has no value in the integer program")
 
@@ -163,7 +176,11 @@ class _Converter:
 
     def visit(self, node: fx.Node) -> None:
         t = node.target
-        if is_quantize(node):
+        if node.meta.get(meta.KEPT_FLOAT) and isinstance(node.meta.get(meta.VAL), (tuple, list)):
+            self.values[node] = self.float_op(node)  # a tuple-valued op kept in float: its getitems are read below
+        elif t is operator.getitem and node.args[0] in self.values:
+            self.values[node] = self.graph.call_function(t, (self.values[node.args[0]], node.args[1]))
+        elif is_quantize(node):
             self.quantize(node)
         elif is_dequantize(node) and isinstance(node.args[0], fx.Node) and node.args[0].op == "get_attr":
             return  # weights and biases: read by the layer that uses them
@@ -179,10 +196,18 @@ class _Converter:
 
     def on_integers(self, node: fx.Node) -> None:
         """A passthrough op on an integer value: its source's ``on_integers``, or the same op
-        on the integers; the result keeps the input's parameters."""
+        on the integers; the result keeps the input's parameters. When collecting problems,
+        one with no integer form is recorded and computed in float, quantized with its
+        input's parameters (so the walk goes on)."""
         iv = self.ints[node.args[0]]
         convert = source_of(node.target).on_integers or self._same_op
-        new = convert(self, node, iv)
+        try:
+            new = convert(self, node, iv)
+        except ConversionError as exc:
+            if self.problems is None:
+                raise
+            self.problems.append((node, str(exc)))
+            new = self.graph.call_function(qc.quantize.default, (self.float_op(node), iv.scale, iv.zp, iv.qmin, iv.qmax, iv.dtype))
         self.ints[node] = IntValue(new, iv.scale, iv.zp, iv.qmin, iv.qmax, iv.dtype)
 
     def _same_op(self, cv: "_Converter", node: fx.Node, iv: IntValue) -> fx.Node:
@@ -217,13 +242,24 @@ class _Converter:
                                   f"an override, but it is not: override '{base.name}' as 'float' too")
         if base.name in self.float_nodes and not acts:
             return self.fallback(base, out, q)
-        match = Match(base, acts, out, q, base.name)
-        for rule in rules_for(base.target):
-            if acts and not rule.fuses_activations:
-                continue
-            new = rule.rewrite(self, match)
-            if new is not None:
-                return new
+        op = self.tuple_op(base)
+        match = Match(op, acts, out, q, base.name)
+        try:
+            for rule in rules_for(op.target):
+                if acts and not rule.fuses_activations:
+                    continue
+                new = rule.rewrite(self, match)
+                if new is not None:
+                    return new
+        except ConversionError as exc:
+            if self.problems is None and self.sim.meta.get(meta.SCHEME):
+                raise
+            if self.problems is not None:  # quantize collects every such node for one error
+                self.problems.append((op, str(exc)))
+            # else a PT2E graph: an op its quantizer left with a float input runs in float
+            if acts:
+                return self.fallback_chain(base, acts, out, q)
+            return self.fallback(base, out, q)
         if acts:
             raise ConversionError(f"{node_label(acts[0])}: a fused activation after {node_label(base)} has no integer form")
         if op_kind(base.target) == PASSTHROUGH and base in self.ints:  # e.g. PT2E quantizes a flatten's output again
@@ -237,19 +273,53 @@ class _Converter:
         m, s = quantize_multiplier(x.scale / out.scale)
         return self.emit_for(q, qc.requantize.default, (x.node, x.zp, m, s, out.zp, out.qmin, out.qmax, out.dtype), name)
 
-    def fallback(self, op: fx.Node, out: QParams, q: fx.Node) -> fx.Node:
-        """A float op the scheme lets fall back: dequantize its inputs, run it, quantize."""
+    def tuple_op(self, node: fx.Node) -> fx.Node:
+        """For ``getitem(op, k)`` where ``k`` is the output of a tuple-valued op that has an
+        integer form (``Source.integer_outputs``), the op itself (its rules match there);
+        ``node`` otherwise."""
+        if node.target is operator.getitem and isinstance(node.args[0], fx.Node):
+            source = source_of(node.args[0].target)
+            if source is not None and source.integer_outputs == node.args[1]:
+                return node.args[0]
+        return node
+
+    def float_op(self, op: fx.Node) -> fx.Node:
+        """``op`` run in float on the dequantized (or float) values of its arguments."""
         args = tuple(self.float_of(a) for a in op.args)
         kwargs = {k: self.float_of(v) for k, v in op.kwargs.items()}
         f = self.graph.call_function(op.target, args, kwargs)
         f.meta[meta.FLOAT_FALLBACK] = True
+        return f
+
+    def fallback_chain(self, base: fx.Node, acts: list, out: QParams, q: fx.Node) -> fx.Node:
+        """``base`` and the activations fused after it, in float, then quantized."""
+        self.values[base] = self.float_op(base)
+        for act in acts[:-1]:
+            self.values[act] = self.float_op(act)
+        return self.fallback(acts[-1], out, q)
+
+    def fallback(self, op: fx.Node, out: QParams, q: fx.Node) -> fx.Node:
+        """A float op the scheme lets fall back: dequantize its inputs, run it, quantize.
+        Output ``k`` of a tuple-valued op runs the op and takes its ``k``-th value."""
+        if op.target is operator.getitem and isinstance(op.args[0], fx.Node) and op.args[0] not in self.values:
+            f = self.graph.call_function(operator.getitem, (self.float_op(op.args[0]), op.args[1]))
+        else:
+            f = self.float_op(op)
         return self.emit_for(q, qc.quantize.default, (f, out.scale, out.zp, out.qmin, out.qmax, out.dtype), f"{op.name}_quantize")
 
 
-def to_integer_program(sim: fx.GraphModule) -> fx.GraphModule:
+def _has_float(node: fx.Node) -> bool:
+    val = node.meta.get(meta.VAL)
+    values = val if isinstance(val, (tuple, list)) else [val]
+    return any(isinstance(v, torch.Tensor) and v.is_floating_point() for v in values)
+
+
+def to_integer_program(sim: fx.GraphModule, problems: Optional[list] = None) -> fx.GraphModule:
     """The integer program of a simulation graph (see the module docstring). Raises
-    ConversionError naming the node of a pattern with no integer form."""
-    program = _Converter(sim).run()
+    ConversionError naming the node of a pattern with no integer form; with a list as
+    ``problems``, appends (node, why) for each such node instead, computes it in float and
+    goes on (quantize reports them all at once)."""
+    program = _Converter(sim, problems).run()
     program.graph.lint()
     program.recompile()
     return program

@@ -18,6 +18,7 @@ WEIGHT_SPEC = "qc_weight_spec"  # conv/linear node: the QuantSpec its weight was
 FLOAT_BIAS = "qc_float_bias"  # conv/linear node: its float bias before calibrate replaced it by an int32 bias
 SPEC = "qc_spec"  # activation quantize node: the QuantSpec of the activation it quantizes (calibrate)
 SIM_NODE = "qc_sim_node"  # integer-program node: the name of the simulation node it was converted from
+KEPT_FLOAT = "qc_kept_float"  # simulation node: why it runs in float ("override" or "fallback_ops"), set by insert_quantizers
 FLOAT_FALLBACK = "qc_float_fallback"  # integer-program node: True when it runs in float (an op kept in float)
 
 # --------------------------------------------------------------- graph keys (GraphModule.meta)

@@ -30,7 +30,7 @@ import torch.fx as fx
 from torch.utils._pytree import tree_leaves
 
 from . import meta
-from .errors import PassError, PassOrderError, QCompilerError, did_you_mean
+from .errors import PassError, PassOrderError, QCompilerError, UnsupportedOpError, did_you_mean
 from .graph import get_tensor
 from .inputs import InputError
 from .pass_report import PassRecord, PassReport
@@ -428,8 +428,8 @@ class PassManager:
                 start = time.perf_counter()
                 try:
                     result = p(gm, ctx)
-                except InputError:
-                    raise  # the user's data is at fault, not the pass: the error says which batch and why
+                except (InputError, UnsupportedOpError):
+                    raise  # the user's data or model is at fault, not the pass: the error says what and the fix
                 except ContractError as exc:
                     history = ", ".join(f"'{d}'" for d in done) or "none"
                     raise ContractError(exc.pass_name, exc.side, exc.problems, history) from exc

@@ -16,11 +16,13 @@ from .capture import capture
 from .compiled import CompiledModel, compile_model
 from .graph import clone_graph
 from .inputs import InputSpec, as_input_tuple, calibration_source, check_inputs, input_specs
+from .errors import ConversionError
 from .integer import to_integer_program
 from .interpreter import interpret
 from .pass_manager import PassContext, PassLike, PassManager, PassReport
 from .qparams import QuantParams, qparams_by_value
 from .passes import Calibrate, InsertQuantizers
+from .passes.insert_quantizers import unsupported_error
 from .passes.calibrate import batch_inputs
 from .scheme import QuantScheme, host_scheme
 from .ste import differentiable_simulation
@@ -151,7 +153,25 @@ def quantize(model: torch.nn.Module, example_inputs: Any, bits: int = 8, activat
     quant_passes = [InsertQuantizers(q_scheme, overrides, method), Calibrate(progress=progress), *ptq]
     result = PassManager(quant_passes).run(float_result.gm, inputs, ctx)
     report = PassReport(float_result.report.records + result.report.records)
-    return QuantizedModel(float_graph, result.gm, q_scheme, report, inputs)
+    qm = QuantizedModel(float_graph, result.gm, q_scheme, report, inputs)
+    qm._program = integer_program_or_raise(result.gm, q_scheme)
+    return qm
+
+
+def integer_program_or_raise(sim: fx.GraphModule, scheme: QuantScheme) -> Optional[fx.GraphModule]:
+    """The integer program of ``sim``, or one UnsupportedOpError naming every node whose
+    arguments have no integer form (found by converting it), with the overrides that keep
+    them in float. None when the simulation's quantization has no integer program at all
+    (per-channel activations, issue 15): ``qm.program`` then raises that ConversionError,
+    and the simulation stays usable."""
+    problems: list = []
+    try:
+        program = to_integer_program(sim, problems)
+    except ConversionError:
+        return None
+    if problems:
+        raise unsupported_error(problems, scheme)
+    return program
 
 
 def from_pt2e(graph: fx.GraphModule, example_inputs: Any, float_graph: Optional[fx.GraphModule] = None) -> QuantizedModel:

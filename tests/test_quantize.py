@@ -96,13 +96,17 @@ class TwoOddOps(nn.Module):
 
 def test_unsupported_ops_are_listed_all_at_once_with_the_fix():
     x = torch.randn(2, 3, 4, 4)
-    with pytest.raises(qcompiler.PassError) as info:
+    with pytest.raises(UnsupportedOpError) as info:
         qcompiler.quantize(TwoOddOps().eval(), x)
     msg = str(info.value)
-    assert isinstance(info.value.__cause__, UnsupportedOpError)
-    assert "2 op(s) have no integer form" in msg
-    assert "'cumsum' (aten.cumsum.default)" in msg and "(aten._softmax.default)" in msg
-    assert "fallback_ops" in msg and "overrides=" in msg
+    assert "2 node(s) have no integer form" in msg
+    assert "'cumsum' (aten.cumsum.default) at test_quantize.py:93 `y = torch.cumsum(self.conv(x), dim=1)`" in msg
+    assert "(aten._softmax.default) at test_quantize.py:94" in msg
+    assert "overrides={'cumsum': 'float', '_softmax': 'float'}" in msg
+    assert "QuantScheme(fallback_ops=frozenset({'aten._softmax.default', 'aten.cumsum.default'}))" in msg
+    assert info.value.overrides == {"cumsum": "float", "_softmax": "float"}
+    qm = qcompiler.quantize(TwoOddOps().eval(), x, overrides=info.value.overrides)  # the remedy works
+    assert torch.equal(qm.interpret(x), qm.simulate(x))
 
 
 def test_fallback_ops_run_in_float_between_dq_and_q():

@@ -10,9 +10,10 @@ from typing import Any, Callable, Optional, Sequence
 import numpy as np
 import torch
 
+from .. import meta
 from ..graph import node_label
 from .convert import ConversionError
-from .registry import PASSTHROUGH, OpDef, Source, op_arg
+from .registry import PASSTHROUGH, OpDef, Source, op_arg, source_of
 
 aten = torch.ops.aten
 LONG_END = 2**62  # torch's "to the end" for slice
@@ -185,7 +186,10 @@ def _lower_getitem(ctx, node, args, kwargs):
         return value[index]
     if ctx.is_tuple(value):
         return ctx.tuple_get_item(value, index)
-    raise ctx.error(f"getitem on {value!r}")
+    if index == 0 and node.args[0].meta.get(meta.FLOAT_FALLBACK):
+        return value  # tvm.relax.frontend.torch's translators of tuple-valued float ops compute output 0 alone
+    raise ctx.error(f"{node_label(node)}: output {index} of {node_label(node.args[0])} has no Relax value "
+                    f"(only a tuple-valued op's first output is computed when it runs in float)")
 
 
 def _python_scalar(fn: Callable) -> Callable:
@@ -210,10 +214,27 @@ def _pad_on_integers(cv, node, x):
 
 
 def _getitem_on_integers(cv, node, x):
-    """(values, indices) of a max pool: the integer max pool returns the values."""
-    if node.args[0].target != aten.max_pool2d_with_indices.default or node.args[1] != 0:
-        raise ConversionError(f"{node_label(node)}: only the values of a max pool have an integer form")
+    """Output ``i`` of a tuple-valued op on integers: the integer node itself when the op
+    computes only that output (``Source.integer_outputs``, e.g. a max pool's values), else
+    ``getitem`` on its integer tuple (split)."""
+    parent, index = node.args
+    only = getattr(source_of(parent.target), "integer_outputs", None)
+    if only is None:
+        return cv.emit_for(node, node.target, (x.node, index))
+    if index != only:
+        raise ConversionError(f"{node_label(node)}: only output {only} of {node_label(parent)} has an integer form, "
+                              f"not output {index}")
     return x.node
+
+
+def _split_with_sizes(x, sizes, dim=0):
+    return tuple(np.split(x, np.cumsum(sizes)[:-1], axis=dim % x.ndim))
+
+
+def _lower_split_with_sizes(ctx, node, args, kwargs):
+    x = ctx.expr(args[0])
+    dim = (args[2] if len(args) > 2 else 0) % ctx.ndim(x)
+    return ctx.R.split(x, [int(i) for i in np.cumsum(args[1])[:-1]], axis=dim)
 
 
 # ---------------------------------------------------------------- the rows
@@ -249,6 +270,7 @@ OPS = [
     layout_op(aten.select.int, lambda x, dim, index: np.take(x, index, axis=dim), _lower_select),
     layout_op(aten.constant_pad_nd.default, _pad, _lower_constant_pad_nd, check=_pad_check, on_integers=_pad_on_integers),
     layout_op(aten.sym_size.int, lambda x, d: x.shape[d], _lower_sym_size, passthrough=False),
+    layout_op(aten.split_with_sizes.default, _split_with_sizes, _lower_split_with_sizes),
     layout_op(operator.getitem, lambda value, index: value[index], _lower_getitem, on_integers=_getitem_on_integers),
     *(layout_op(f, f, _python_scalar(f), passthrough=False)
       for f in (operator.add, operator.sub, operator.mul, operator.floordiv, operator.truediv, operator.mod, operator.neg)),

@@ -54,7 +54,7 @@ OP = OpDef(
     name="max_pool2d", doc="max pooling of integer values",
     schema="(Tensor x, int[] kernel, int[] stride, int[] padding, int[] dilation, int qmin) -> Tensor",
     reference=reference, out_dtype="input", lowering=lowering,
-    sources={aten.max_pool2d_with_indices.default: Source(PASSTHROUGH, on_integers=on_integers),
+    sources={aten.max_pool2d_with_indices.default: Source(PASSTHROUGH, on_integers=on_integers, integer_outputs=0),
              aten.max_pool2d.default: Source(PASSTHROUGH, on_integers=on_integers)},
     kernel_words=("pool",),
 )

@@ -68,6 +68,12 @@ class Source:
     on_integers: for a passthrough op, ``on_integers(cv, node, x) -> fx.Node``: the node
         that computes it on the integer value ``x`` (an ``IntValue``) in the program; the
         default runs the same op on the integers.
+    integer_outputs: for an op that returns a tuple (read through ``getitem``), the index
+        of the one output that has an integer form (a max pool's values, BatchNorm's
+        normalized output); None: every output has one (split). For a passthrough op,
+        ``on_integers`` then returns that output's integer node; for an own/shared/weighted
+        op, its output quantizer sits on ``getitem(op, k)`` and its rules are tried there
+        with ``match.node`` the op itself.
     keep_whole: capture keeps this op whole instead of decomposing it (``torch.export``'s
         default decompositions would split it into several ops, e.g. ``aten.pad`` with
         mode="reflect" into index arithmetic, ``aten.linear`` into permute + addmm).
@@ -77,6 +83,7 @@ class Source:
     check: Optional[NodeCheck] = None
     bounds: Optional[Callable[[fx.Node], tuple]] = None
     on_integers: Optional[Callable[[Any, fx.Node, Any], fx.Node]] = None
+    integer_outputs: Optional[int] = None
     keep_whole: bool = False
 
 

@@ -209,11 +209,12 @@ def _out_size(n: int, s: dict) -> int:
 def _pool_spec(draw, h: int, w: int) -> tuple:
     """(pool module, h, w after it, description): average or max pooling of kernel 2 or 3,
     stride 2, padding up to k//2, ceil_mode and count_include_pad drawn; or adaptive average
-    pooling to a size drawn up to the input's."""
-    kind = draw(st.sampled_from(["avg", "avg", "max", "max", "adaptive"]))
-    if kind == "adaptive":
+    or max pooling to a size drawn up to the input's."""
+    kind = draw(st.sampled_from(["avg", "avg", "max", "max", "adaptiveavg", "adaptivemax"]))
+    if kind.startswith("adaptive"):
         size = (draw(st.integers(1, h)), draw(st.integers(1, w)))
-        return nn.AdaptiveAvgPool2d(size), size[0], size[1], f"adaptiveavgpool{size}"
+        pool = nn.AdaptiveAvgPool2d(size) if kind == "adaptiveavg" else nn.AdaptiveMaxPool2d(size)
+        return pool, size[0], size[1], f"{kind}pool{size}"
     k = draw(st.sampled_from([2, 3])) if min(h, w) >= 3 else 2
     p, ceil = draw(st.integers(0, k // 2)), draw(st.booleans())
     if kind == "avg":

@@ -1,7 +1,8 @@
-"""Issue 14's pooling forms: average pooling with ceil_mode / count_include_pad=False /
-divisor_override (PyTorch's divisors, per-position requantize), max pooling with ceil_mode,
-adaptive average pooling to any size; PyTorch's window rules checked exactly, each op
-bit-exact on host (check_op), one model with every form on arm_cpu."""
+"""Issue 14's pooling forms and standalone BatchNorm: average pooling with ceil_mode /
+count_include_pad=False / divisor_override (PyTorch's divisors, per-position requantize),
+max pooling with ceil_mode, adaptive average and max pooling to any size, a BatchNorm that
+no layer absorbs; PyTorch's window rules checked exactly, each op bit-exact on host
+(check_op), one model with every form on arm_cpu."""
 import itertools
 
 import numpy as np
@@ -11,26 +12,51 @@ import torch.nn as nn
 
 import qcompiler
 from qcompiler.passes.equalize import _through_pool
-from qcompiler.ops import adaptive_avg_pool2d, avg_pool2d
+from qcompiler.ops import adaptive_avg_pool2d, avg_pool2d, batch_norm
 from qcompiler.ops.numeric import adaptive_reduce, pool_output_size, windows
-from qcompiler.testing import check_op
+from qcompiler.testing import _init_bn, check_op
 
 aten = torch.ops.aten
 ONES = torch.ones(1, 1, 10, 10)
 
 
 class Branches(nn.Module):
-    """A conv, then each pool on its output: one output per pool."""
+    """A conv, then each pool on its output: one output per pool; then each of ``on_input``
+    on the input itself."""
 
-    def __init__(self, *pools: nn.Module, channels: int = 3):
+    def __init__(self, *pools: nn.Module, on_input: tuple = ()):
         super().__init__()
         torch.manual_seed(0)
-        self.conv = nn.Conv2d(2, channels, 3, padding=1)
+        self.conv = nn.Conv2d(2, 3, 3, padding=1)
         self.pools = nn.ModuleList(pools)
+        self.on_input = nn.ModuleList(on_input)
 
     def forward(self, x):
         y = self.conv(x)
-        return tuple(p(y) for p in self.pools)
+        return tuple(p(y) for p in self.pools) + tuple(m(x) for m in self.on_input)
+
+
+def _bn(channels: int, affine: bool = True, seed: int = 1) -> nn.Module:
+    """A BatchNorm with random statistics; channel 0's γ negative, channel 1's zero."""
+    bn = nn.BatchNorm2d(channels, affine=affine)
+    _init_bn(bn, torch.Generator().manual_seed(seed))
+    if affine:
+        with torch.no_grad():
+            bn.weight[0] = -bn.weight[0].abs()
+            bn.weight[1] = 0.0
+    return bn.eval()
+
+
+class DenseLayer(nn.Module):
+    """DenseNet's pre-activation: concat → BatchNorm → ReLU → conv (nothing to fold into)."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.a, self.b, self.bn, self.conv = nn.Conv2d(2, 2, 1), nn.Conv2d(2, 3, 3, padding=1), _bn(5), nn.Conv2d(5, 4, 1)
+
+    def forward(self, x):
+        return self.conv(torch.relu(self.bn(torch.cat([self.a(x), self.b(x)], 1))))
 
 
 def _valid_counts(shape, kernel, stride, padding, ceil_mode):
@@ -119,12 +145,51 @@ def test_adaptive_avg_pool_on_host():
     assert found.uses == 3 and torch.ops.qcompiler.mean.default in ops  # to 1×1: qcompiler.mean as before
 
 
-def test_pool_forms_on_arm_cpu():
+def test_adaptive_max_pool_on_host():
+    found = check_op(Branches(nn.AdaptiveMaxPool2d((3, 4)), nn.AdaptiveMaxPool2d((6, 5)), nn.AdaptiveMaxPool2d((9, None)),
+                              nn.AdaptiveMaxPool2d(1)),
+                     (torch.randn(2, 2, 9, 10),), "adaptive_max_pool2d", targets=("host",), max_steps=0)
+    assert found.uses == 4
+
+
+def test_batch_norm_reference_is_the_float_formula():
+    """The integer BatchNorm against Q(a·x̂ + b) computed in float64 from the module's own
+    statistics: within one step, over every code, for channels with γ < 0, γ = 0 and γ > 0,
+    with and without affine parameters."""
+    q = np.arange(256, dtype=np.int64).reshape(1, 1, 256).repeat(4, axis=1)
+    for affine, (s_x, z_x, s_y, z_y) in itertools.product((True, False), [(0.02, 128, 0.03, 100), (0.5, 3, 0.01, 250)]):
+        bn = _bn(4, affine, seed=7)
+        a, b = batch_norm.affine(*(None if t is None else t.detach().double().numpy()
+                                   for t in (bn.weight, bn.bias, bn.running_mean, bn.running_var)), eps=bn.eps)
+        x = torch.from_numpy(s_x * (q - z_x)).double()
+        assert torch.allclose(torch.from_numpy(a[None, :, None] * x.numpy() + b[None, :, None]),
+                              bn.double()(x.unsqueeze(-1)).squeeze(-1), atol=1e-9)
+        mult, shift, offset = batch_norm.integer_params(a, b, s_x, s_y)
+        lo, hi = np.zeros(4, dtype=np.int64), np.full(4, 255, dtype=np.int64)
+        got = batch_norm.reference(q, z_x, mult, shift, offset, z_y, lo, hi)
+        want = np.clip(np.rint((a[None, :, None] * x.numpy() + b[None, :, None]) / s_y) + z_y, 0, 255)
+        assert np.abs(got - want).max() <= 1 and (got != want).mean() < 0.5, (affine, s_x, s_y)
+        if affine:
+            assert mult[0] < 0 and mult[1] == 0 and (mult[2:] > 0).all()
+            assert (got[0, 1] == np.clip(np.rint(b[1] / s_y) + z_y, 0, 255)).all()  # γ = 0: the offset alone
+
+
+def test_batch_norm_on_host():
+    """Alone (BatchNorm2d, without affine, BatchNorm1d) and after a concat with a ReLU after it."""
+    for model, shape in [(nn.Sequential(_bn(3)), (1, 3, 10, 10)), (nn.Sequential(_bn(3, affine=False)), (2, 3, 5, 4)),
+                         (nn.Sequential(nn.BatchNorm1d(4)).eval(), (3, 4)), (DenseLayer(), (1, 2, 6, 6))]:
+        found = check_op(model.eval(), (torch.randn(*shape),), "batch_norm", targets=("host",))
+        assert found.uses == 1 and found.exact_targets == ["host"]
+
+
+def test_pool_forms_and_batch_norm_on_arm_cpu():
     model = Branches(nn.AvgPool2d(3, 2, padding=1, ceil_mode=True, count_include_pad=False),
-                     nn.MaxPool2d(3, 2, ceil_mode=True), nn.AdaptiveAvgPool2d((3, 2)))
+                     nn.MaxPool2d(3, 2, ceil_mode=True), nn.AdaptiveAvgPool2d((3, 2)), nn.AdaptiveMaxPool2d((2, 4)),
+                     on_input=(_bn(2),))
     found = check_op(model, (torch.randn(1, 2, 7, 6),), "avg_pool2d", targets=("arm_cpu",))
     ops = {n.target for n in found.qm.program.graph.nodes}
-    assert {torch.ops.qcompiler.max_pool2d.default, torch.ops.qcompiler.adaptive_avg_pool2d.default} <= ops
+    qc = torch.ops.qcompiler
+    assert {qc.max_pool2d.default, qc.adaptive_avg_pool2d.default, qc.adaptive_max_pool2d.default, qc.batch_norm.default} <= ops
     assert found.exact_targets == ["arm_cpu"]
 
 

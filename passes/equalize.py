@@ -120,10 +120,14 @@ def _through_mean(gm: fx.GraphModule, node: fx.Node, rank: int, cdim: int) -> Op
 
 
 def _through_pool(gm: fx.GraphModule, node: fx.Node, rank: int, cdim: int) -> Optional[_Step]:
-    """An average pool over NCHW's spatial dims; padding breaks shift-equivariance."""
+    """An average pool over NCHW's spatial dims; padding counted in a divisor, or a
+    divisor_override, breaks shift-equivariance (a divisor that is each window's count of
+    input elements keeps it: adaptive pooling, count_include_pad=False)."""
     if cdim != rank - 3:
         return None
-    shift_ok = node.target != aten.avg_pool2d.default or not any(op_arg(node, 3, "padding", [0]) or [0])
+    shift_ok = node.target != aten.avg_pool2d.default or (
+        not op_arg(node, 6, "divisor_override", None)
+        and (not op_arg(node, 5, "count_include_pad", True) or not any(op_arg(node, 3, "padding", [0]) or [0])))
     return _Step("other", rank, cdim, shift_ok)
 
 

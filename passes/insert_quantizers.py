@@ -251,11 +251,18 @@ class InsertQuantizers(Pass):
                 only = getattr(source_of(parent.target), "integer_outputs", None)
                 if tuple_kind[parent] != "float" and only is not None and node.args[1] != only:
                     continue  # an unused output (requires checked it)
+                end = node
+                if tuple_kind[parent] in (WEIGHTED, OWN) and fuses_activations(parent.target):
+                    end = fused_end(node)  # BatchNorm → relu: one quantizer after the chain
                 if tuple_kind[parent] in (SHARED, ACTIVATION):
                     share_or_own(node, parent.args[0])
-                else:
+                elif end is node:
                     points[node] = act_spec(parent, node)
                     source[node] = node
+                else:
+                    chain_of[end] = _chain(node, end)
+                    for n in chain_of[end][1:]:
+                        fused_into[n] = end
             elif node in fused_into:
                 if node is fused_into[node]:
                     points[node] = act_spec(*reversed(chain_of[node]))

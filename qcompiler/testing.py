@@ -14,10 +14,10 @@ runs, with no conftest. A ``@settings(...)`` below ``@given`` replaces them for 
 (derive it from ``SETTINGS`` to keep no deadline: ``@settings(SETTINGS, max_examples=30)``).
 
 The models mix conv (any kernel, stride, padding, dilation; depthwise and grouped; with or
-without bias), BatchNorm, relu/relu6/hardswish/clamp, residual add, concat, avg/max pool,
-zero/reflect/replicate/circular padding, bilinear and nearest-exact upsampling, flatten and
-linear, with weights whose channel ranges differ by orders of magnitude and,
-sometimes, dead (all-zero) channels.
+without bias), BatchNorm, relu/relu6/hardswish/clamp, residual add, concat, avg/max pool
+(ceil_mode, count_include_pad, adaptive sizes), zero/reflect/replicate/circular padding,
+bilinear and nearest-exact upsampling, flatten and linear, with weights whose channel ranges
+differ by orders of magnitude and, sometimes, dead (all-zero) channels.
 """
 from __future__ import annotations
 
@@ -37,6 +37,7 @@ from torch.utils._pytree import tree_leaves
 
 from .capture import capture
 from .graph import clone_graph
+from .ops.numeric import pool_output_size
 from .pass_manager import PassLike, PassManager, PassManagerResult, get_pass, output_error
 from .op_check import OpCheck, check_op  # noqa: F401  (qcompiler.testing.check_op: docs/custom-op.md)
 from .verify import count_ops
@@ -215,6 +216,27 @@ def _out_size(n: int, s: dict) -> int:
 
 
 @st.composite
+def _pool_spec(draw, h: int, w: int) -> tuple:
+    """(pool module, h, w after it, description): average or max pooling of kernel 2 or 3,
+    stride 2, padding up to k//2, ceil_mode and count_include_pad drawn; or adaptive average
+    or max pooling to a size drawn up to the input's."""
+    kind = draw(st.sampled_from(["avg", "avg", "max", "max", "adaptiveavg", "adaptivemax"]))
+    if kind.startswith("adaptive"):
+        size = (draw(st.integers(1, h)), draw(st.integers(1, w)))
+        pool = nn.AdaptiveAvgPool2d(size) if kind == "adaptiveavg" else nn.AdaptiveMaxPool2d(size)
+        return pool, size[0], size[1], f"{kind}pool{size}"
+    k = draw(st.sampled_from([2, 3])) if min(h, w) >= 3 else 2
+    p, ceil = draw(st.integers(0, k // 2)), draw(st.booleans())
+    if kind == "avg":
+        include_pad = draw(st.booleans())
+        pool = nn.AvgPool2d(k, 2, p, ceil_mode=ceil, count_include_pad=include_pad)
+        desc = f"avgpool{k}(s=2,p={p},ceil={ceil},count_pad={include_pad})"
+    else:
+        pool, desc = nn.MaxPool2d(k, 2, p, ceil_mode=ceil), f"maxpool{k}(s=2,p={p},ceil={ceil})"
+    return pool, pool_output_size(h, k, p, 2, 1, ceil), pool_output_size(w, k, p, 2, 1, ceil), desc
+
+
+@st.composite
 def float_models(draw, max_blocks: int = 5, activations: Sequence[str] = ACTIVATIONS, batch: Optional[int] = None) -> ModelCase:
     """A strategy for ModelCase: a random CNN (and optional MLP head) with random weights."""
     gen = torch.Generator().manual_seed(draw(st.integers(0, 2**31 - 1)))
@@ -248,10 +270,9 @@ def float_models(draw, max_blocks: int = 5, activations: Sequence[str] = ACTIVAT
         choice = draw(st.sampled_from(["conv", "conv", "separable", "residual", "concat", "pool", "gate", "difference", "pad", "gram",
                                        "pad_mode", "upsample"]))
         if choice == "pool" and min(h, w) >= 2:
-            kind = draw(st.sampled_from(["avg", "max"]))
-            layers.append(nn.AvgPool2d(2) if kind == "avg" else nn.MaxPool2d(2))
-            h, w = h // 2, w // 2
-            spec.append(f"{kind}pool2")
+            pool, h, w, desc = draw(_pool_spec(h, w))
+            layers.append(pool)
+            spec.append(desc)
         elif choice == "gate":
             conv = nn.Conv2d(c, c, 1)
             _init_conv(conv, gen, False, 1.0)

@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import torch
 
-from . import (add, avg_pool2d, clamp, concat, conv2d, dequantize, layout, linear, lut, matmul, max_pool2d, mean, mul,
-               pad, quantize, requantize, upsample_bilinear2d, upsample_nearest2d)
+from . import (adaptive_avg_pool2d, adaptive_max_pool2d, add, avg_pool2d, batch_norm, clamp, concat, conv2d, dequantize,
+               layout, linear, lut, matmul, max_pool2d, mean, mul, pad, quantize, requantize, upsample_bilinear2d,
+               upsample_nearest2d)
 from .convert import ConversionError, IntValue, Match, QParams
 from .registry import (ACTIVATION, KINDS, OPS, OWN, PASSTHROUGH, SHARED, TORCH_TO_NUMPY, WEIGHTED, OpDef, OpRegistryError, Rule,
                        Source, SourceView, arg_check, find_op, fuses_activations, get_op, keep_whole_ops, op_arg, op_for_target, op_kind, op_name, op_of,
@@ -25,6 +26,9 @@ BUILTIN_OPS = [
     mean.OP,
     avg_pool2d.OP,
     max_pool2d.OP,
+    adaptive_avg_pool2d.OP,
+    adaptive_max_pool2d.OP,
+    batch_norm.OP,
     clamp.OP,
     requantize.OP,
     lut.OP,

@@ -20,12 +20,12 @@ def reference(x, dims, keepdim, in_zp, mult, shift, out_zp, lo, hi):
 
 
 def convert(cv, m: Match):
-    """Q(mean(DQ(x), dims) | adaptive_avg_pool2d(DQ(x), 1)) → qcompiler.mean."""
+    """Q(mean(DQ(x), dims) | adaptive_avg_pool2d(DQ(x), 1)) → qcompiler.mean (declines
+    adaptive pooling to other sizes: adaptive_avg_pool2d.py)."""
     op, out = m.node, m.out
     is_mean = op.target == aten.mean.dim
     if not is_mean and list(op.args[1]) != [1, 1]:
-        raise ConversionError(f"{node_label(op)}: adaptive average pooling to {list(op.args[1])} has no integer form yet "
-                              f"(only to 1×1)")
+        return None  # other sizes: qcompiler.adaptive_avg_pool2d
     x = cv.int_of(op.args[0], op)
     shape = shape_of(op.args[0])
     dims = list(op.args[1]) if is_mean else [-2, -1]

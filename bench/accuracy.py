@@ -50,14 +50,15 @@ def lite0(args) -> None:
     print(f"\n## EfficientNet-Lite0, {n} ImageNet images (calibration: {sum(len(b) for b in calibration)} flips/crops)\n")
     print(f"float: top-1 vs labels {top1_accuracy(ref, data.labels) * n:.0f}/{n}\n")
     ada = lambda: Adaround(iterations=args.adaround_iterations, max_batches=4, progress=False)
-    configs = [
-        ("W8A8 minmax", dict(bits=8, method="minmax")),
-        ("W8A8 mse", dict(bits=8, method="mse")),
-        ("W8A8 minmax + CLE", dict(bits=8, method="minmax", passes=["fold_bn", "equalize"])),
+    configs = [  # ptq=[]: no PTQ pass (the default recipe would add bias correction)
+        ("W8A8 default call (standard recipe)", dict(bits=8)),
+        ("W8A8 minmax", dict(bits=8, method="minmax", ptq=[])),
+        ("W8A8 mse", dict(bits=8, method="mse", ptq=[])),
+        ("W8A8 minmax + CLE", dict(bits=8, method="minmax", passes=["fold_bn", "equalize"], ptq=[])),
         ("W8A8 mse + bias corr.", dict(bits=8, method="mse", ptq=[BiasCorrection()])),
         ("W8A8 mse + CLE + bias corr.", dict(bits=8, method="mse", passes=["fold_bn", "equalize"], ptq=[BiasCorrection()])),
         ("W8A8 mse + AdaRound", dict(bits=8, method="mse", ptq=[ada()])),
-        ("W4A8 mse", dict(bits=4, method="mse")),
+        ("W4A8 mse", dict(bits=4, method="mse", ptq=[])),
         ("W4A8 mse + bias corr.", dict(bits=4, method="mse", ptq=[BiasCorrection()])),
         ("W4A8 mse + AdaRound", dict(bits=4, method="mse", ptq=[ada()])),
     ]
@@ -93,7 +94,8 @@ def fashion(args) -> None:
     print("| configuration | sim: test accuracy | int: test accuracy | int: agree w/ float | int: logits SQNR (dB) | quantize (s) |")
     print("|---|---|---|---|---|---|")
     print(f"| float | {top1_accuracy(ref, y_test):.2%} | | | | |")
-    configs = [("W8A8", dict(bits=8)), ("W8A8 mse", dict(bits=8, method="mse")), ("W4A8 mse", dict(bits=4, method="mse")),
+    configs = [("W8A8 default call", dict(bits=8)), ("W8A8 minmax", dict(bits=8, method="minmax", ptq=[])),
+               ("W8A8 mse", dict(bits=8, method="mse", ptq=[])), ("W4A8 mse", dict(bits=4, method="mse", ptq=[])),
                ("W4A8 mse + AdaRound", dict(bits=4, method="mse", ptq=[Adaround(iterations=args.adaround_iterations, progress=False)]))]
     for name, config in configs:
         if skipped(args, name, config):

@@ -156,3 +156,32 @@ def test_the_minimum_scale_keeps_a_cancelling_layer_within_one_step():
     scale, _ = qm.qparams["linear"].scalar()
     assert scale >= 2.0**-23
     assert max(r.max_diff for r in qm.compare_ops(x)) <= 1
+
+
+class PreActivation(nn.Module):
+    """DenseNet's pattern: a BatchNorm after a concat (no conv to fold it into), then relu;
+    and a scaling by a number as MultiheadAttention writes it (aten.mul.Scalar)."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.a, self.b = nn.Conv2d(3, 4, 1), nn.Conv2d(3, 4, 1)
+        self.bn = nn.BatchNorm2d(8)
+        with torch.no_grad():
+            self.bn.running_mean.uniform_(-1, 1)
+            self.bn.running_var.uniform_(0.5, 2)
+            self.bn.weight.uniform_(-1, 1)
+
+    def forward(self, x):
+        y = torch.relu(self.bn(torch.cat([self.a(x), self.b(x)], dim=1)))
+        return torch.ops.aten.mul.Scalar(y, 0.125)
+
+
+def test_a_standalone_batchnorm_takes_the_relu_after_it_into_its_bounds():
+    x = torch.randn(2, 3, 6, 6)
+    qm = qcompiler.quantize(PreActivation().eval(), x)
+    counts = op_counts(qm.program)
+    assert counts["qcompiler.batch_norm.default"] == 1 and counts["qcompiler.requantize.default"] == 0, counts
+    assert counts["qcompiler.add.default"] == 1  # the mul by a number
+    assert max(r.max_diff for r in qm.compare_ops(x)) <= 1
+    assert torch.equal(torch.as_tensor(qm.compile("host")(x)), torch.as_tensor(qm.interpret(x)))

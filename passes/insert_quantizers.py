@@ -341,7 +341,8 @@ def unsupported_error(problems: list[tuple[fx.Node, str]], scheme: QuantScheme) 
     lines = []
     for node, why in problems:
         where = source_location(node)
-        lines.append(f"  - {node_label(node)}" + (f" at {where}" if where else "") + (f": {why}" if why else "")
+        where = f" {where}" if where.startswith("in ") else f" at {where}" if where else ""
+        lines.append(f"  - {node_label(node)}{where}" + (f": {why}" if why else "")
                      + f"\n      keep it in float: overrides={{'{node.name}': 'float'}}")
     fix = {n.name: "float" for n, _ in problems}
     ops = sorted({op_name(n.target) for n, _ in problems})

@@ -60,6 +60,12 @@ def test_a_tuple_valued_op_with_no_integer_form_is_found_by_quantize_with_its_li
     assert err.overrides == {"native_layer_norm": "float"}
 
 
+def test_the_errors_own_remedy_is_bit_exact_on_arm_cpu(every_kind):
+    model, x, err = every_kind
+    cm = qcompiler.qcompile(model, x, target="arm_cpu", overrides=err.overrides)
+    assert torch.equal(torch.as_tensor(cm(x)), torch.as_tensor(cm.qm.interpret(x)))
+
+
 def test_the_errors_own_remedy_works_and_is_bit_exact_on_the_host(every_kind):
     model, x, err = every_kind
     qm = qcompiler.quantize(model, x, overrides=err.overrides)

@@ -14,7 +14,8 @@ import torch.fx as fx
 
 from qcompiler import meta
 from qcompiler.errors import OverrideError, QCompilerError, UnsupportedOpError, did_you_mean
-from qcompiler.graph import add_constant, aten, get_tensor, getitem_users, layer_view, node_label, single_user, source_location
+from qcompiler.graph import (add_constant, aten, get_tensor, getitem_users, is_float_tensor, is_tuple_valued, layer_view,
+                             node_label, produces_float, single_user, source_location)
 from qcompiler.observers import ActivationObserver, weight_qparams
 from qcompiler.qparams import DEQUANTIZE_OPS, QUANTIZE_OPS, QuantParams, insert_dequantize
 from qcompiler.pass_manager import Pass, PassContext, PassResult, Problem, register_pass
@@ -65,24 +66,6 @@ class SharedQuantizer(torch.nn.Module):
 
 
 _QDQ_OPS = set(QUANTIZE_OPS + DEQUANTIZE_OPS)
-
-
-def is_float_tensor(node: Any) -> bool:
-    val = node.meta.get(meta.VAL) if isinstance(node, fx.Node) else None
-    return isinstance(val, torch.Tensor) and val.is_floating_point()
-
-
-def is_tuple_valued(node: Any) -> bool:
-    """Whether ``node`` returns several values (read through ``getitem``: split, a max pool
-    with indices, BatchNorm, layer/group norm)."""
-    return isinstance(node, fx.Node) and isinstance(node.meta.get(meta.VAL), (tuple, list))
-
-
-def produces_float(node: Any) -> bool:
-    """Whether ``node`` returns a float tensor, or a tuple holding one."""
-    if is_tuple_valued(node):
-        return any(isinstance(v, torch.Tensor) and v.is_floating_point() for v in node.meta[meta.VAL])
-    return is_float_tensor(node)
 
 
 def _unused_outputs_check(node: fx.Node) -> str:

@@ -15,8 +15,8 @@ from typing import Iterable, Optional
 import torch
 import torch.fx as fx
 
-from . import meta
 from .activations import record
+from .graph import module_of
 from .progress import bar
 from .ops import ACTIVATION, op_kind
 from .qparams import is_qdq_pair, is_quantize
@@ -88,12 +88,8 @@ def _label(q: fx.Node) -> str:
 
 
 def _module_path(node: Optional[fx.Node]) -> str:
-    stack = node.meta.get(meta.NN_MODULE_STACK) if node is not None else None
-    if not stack:
-        return ""
-    path, kind = list(stack.values())[-1]
-    kind = kind.__name__ if isinstance(kind, type) else str(kind).rsplit(".", 1)[-1]
-    return f"{path} ({kind})"
+    module = module_of(node) if node is not None else None
+    return f"{module[0]} ({module[1]})" if module else ""
 
 
 def analyze(sim: fx.GraphModule, float_graph: fx.GraphModule, batches: Iterable[tuple],

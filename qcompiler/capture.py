@@ -23,11 +23,11 @@ import torch.fx as fx
 
 from . import meta
 from .errors import CaptureError
+from .graph import TORCH_DIR
 from .inputs import InputError, as_input_tuple, check_example_inputs
 from .log import logger
 from .ops import keep_whole_ops
 
-_TORCH_DIR = os.path.dirname(torch.__file__)
 
 
 aten = torch.ops.aten
@@ -155,7 +155,7 @@ class _ModuleStack:
 
 def _user_frame(exc: BaseException) -> str:
     """The deepest traceback frame outside torch: the line of the user's model at fault."""
-    frames = [f for f in traceback.extract_tb(exc.__traceback__) if not f.filename.startswith(_TORCH_DIR)]
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if not f.filename.startswith(TORCH_DIR)]
     frames = [f for f in frames if not f.filename.endswith(os.path.join("qcompiler", "capture.py"))]
     if not frames:
         return ""

@@ -18,7 +18,7 @@ import torch.fx as fx
 from . import meta
 from .errors import GraphError
 
-_TORCH_DIR = os.path.dirname(torch.__file__)
+TORCH_DIR = os.path.dirname(torch.__file__)
 
 aten = torch.ops.aten
 
@@ -255,20 +255,47 @@ def node_label(node: fx.Node) -> str:
     return f"'{node.name}' ({target})"
 
 
+def is_float_tensor(node: Any) -> bool:
+    val = node.meta.get(meta.VAL) if isinstance(node, fx.Node) else None
+    return isinstance(val, torch.Tensor) and val.is_floating_point()
+
+
+def is_tuple_valued(node: Any) -> bool:
+    """Whether ``node`` returns several values (read through ``getitem``: split, a max pool
+    with indices, BatchNorm, layer/group norm)."""
+    return isinstance(node, fx.Node) and isinstance(node.meta.get(meta.VAL), (tuple, list))
+
+
+def produces_float(node: Any) -> bool:
+    """Whether ``node`` returns a float tensor, or a tuple holding one."""
+    if is_tuple_valued(node):
+        return any(isinstance(v, torch.Tensor) and v.is_floating_point() for v in node.meta[meta.VAL])
+    return is_float_tensor(node)
+
+
+def module_of(node: fx.Node) -> Optional[tuple[str, str]]:
+    """(path, class name) of the innermost module ``node`` was traced in ('blocks.0.norm',
+    'LayerNorm'; the path is '' for the model itself), or None if torch.export recorded none."""
+    stack = node.meta.get(meta.NN_MODULE_STACK)
+    if not stack:
+        return None
+    path, kind = list(stack.values())[-1]
+    return path, kind.__name__ if isinstance(kind, type) else str(kind).rsplit(".", 1)[-1]
+
+
 def source_location(node: fx.Node) -> str:
     """Where the user's model computes ``node``: 'file.py:12 `y = self.norm(x)`' (the
     innermost frame of its stack trace outside torch), then the module it was traced in
     ('in blocks.0.norm (LayerNorm)'); '' when torch.export recorded neither."""
     parts = []
     frames = re.findall(r'File "([^"]+)", line (\d+), in [^\n]*\n?([^\n]*)', node.meta.get("stack_trace") or "")
-    user = [f for f in frames if not os.path.abspath(f[0]).startswith(_TORCH_DIR)]
+    user = [f for f in frames if not os.path.abspath(f[0]).startswith(TORCH_DIR)]
     if user:
         path, line, code = user[-1]
         parts.append(f"{os.path.basename(path)}:{line}" + (f" `{code.strip()}`," if code.strip() else ","))
-    stack = node.meta.get(meta.NN_MODULE_STACK)
-    if stack:
-        module_path, kind = list(stack.values())[-1]
-        kind = kind.__name__ if isinstance(kind, type) else str(kind).rsplit(".", 1)[-1]
-        parts.append(f"in module '{module_path}' ({kind})" if module_path else f"in the model ({kind})")
+    module = module_of(node)
+    if module:
+        path, kind = module
+        parts.append(f"in module '{path}' ({kind})" if path else f"in the model ({kind})")
     return " ".join(parts)
 

@@ -28,7 +28,7 @@ import torch.fx as fx
 from . import meta
 from .errors import ConversionError
 from .fixed_point import quantize_multiplier, quantize_values
-from .graph import get_tensor, node_label
+from .graph import get_tensor, is_tuple_valued, node_label, produces_float
 from .ops import ACTIVATION, PASSTHROUGH, WEIGHTED, IntValue, Match, QParams, op_kind, qc, rules_for, source_of
 from .qparams import QuantParamsError, is_dequantize, is_quantize, read_qparams
 
@@ -118,7 +118,7 @@ class _Converter:
             iv = self.inner_value(sim_node, sim_node, self.float_output_params(sim_node))
             self.values[sim_node] = self.graph.call_function(qc.dequantize.default, (iv.node, iv.scale, iv.zp))
             return self.values[sim_node]
-        if sim_node.op == "call_function" and (not self.sim.meta.get(meta.SCHEME) or not _has_float(sim_node)
+        if sim_node.op == "call_function" and (not self.sim.meta.get(meta.SCHEME) or not produces_float(sim_node)
                                                or self.from_constants(sim_node)):
             # index or shape arithmetic on integers (no quantization involved), or a float op
             # a PT2E quantizer left between dequantize and quantize: the same op in the program
@@ -228,7 +228,7 @@ class _Converter:
 
     def visit(self, node: fx.Node) -> None:
         t = node.target
-        if node.meta.get(meta.KEPT_FLOAT) and isinstance(node.meta.get(meta.VAL), (tuple, list)):
+        if node.meta.get(meta.KEPT_FLOAT) and is_tuple_valued(node):
             self.values[node] = self.float_op(node)  # a tuple-valued op kept in float: its getitems are read below
         elif t is operator.getitem and node.args[0] in self.values:
             self.values[node] = self.graph.call_function(t, (self.values[node.args[0]], node.args[1]))
@@ -359,12 +359,6 @@ class _Converter:
         else:
             f = self.float_op(op)
         return self.emit_for(q, qc.quantize.default, (f, out.scale, out.zp, out.qmin, out.qmax, out.dtype), f"{op.name}_quantize")
-
-
-def _has_float(node: fx.Node) -> bool:
-    val = node.meta.get(meta.VAL)
-    values = val if isinstance(val, (tuple, list)) else [val]
-    return any(isinstance(v, torch.Tensor) and v.is_floating_point() for v in values)
 
 
 def to_integer_program(sim: fx.GraphModule, problems: Optional[list] = None) -> fx.GraphModule:

@@ -21,7 +21,7 @@ from qcompiler.qparams import DEQUANTIZE_OPS, QUANTIZE_OPS, QuantParams, insert_
 from qcompiler.pass_manager import Pass, PassContext, PassResult, Problem, register_pass
 from qcompiler.ops import (ACTIVATION, OWN, PASSTHROUGH, SHARED, WEIGHTED, arg_check, fuses_activations, op_kind, op_name,
                            source_of)
-from qcompiler.scheme import QuantScheme, QuantSpec, host_scheme
+from qcompiler.scheme import QuantScheme, QuantSpec, check_overrides, host_scheme
 
 __all__ = ["InsertQuantizers", "NodeOverride", "UnsupportedOpError", "is_float_tensor", "produces_float"]
 
@@ -39,16 +39,12 @@ OverrideValue = Union[str, dict, NodeOverride]
 
 
 def _parse_override(key: str, value: OverrideValue) -> NodeOverride:
+    """The NodeOverride of one override, its form checked by scheme.check_overrides
+    (SchemeError naming the key and the fix)."""
+    check_overrides({key: value})
     if isinstance(value, NodeOverride):
         return value
-    if value == "float":
-        return NodeOverride(float=True)
-    if isinstance(value, dict):
-        unknown = set(value) - {"float", "weights", "activations"}
-        if unknown:
-            raise OverrideError(f"override for '{key}': unknown keys {sorted(unknown)}; use 'float', 'weights', 'activations'")
-        return NodeOverride(**value)
-    raise OverrideError(f"override for '{key}' must be 'float', a dict or a NodeOverride, got {value!r}")
+    return NodeOverride(float=True) if value == "float" else NodeOverride(**value)
 
 
 class SharedQuantizer(torch.nn.Module):

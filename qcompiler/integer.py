@@ -115,7 +115,7 @@ class _Converter:
             return self.values[sim_node]
         if op_kind(sim_node.target) == WEIGHTED and not self.sim.meta.get(meta.SCHEME) and sim_node.args[0] in self.ints:
             # a PT2E conv/linear with a float output (no quantizer after it): exact in int32, then dequantized
-            iv = self.inner_value(sim_node, sim_node, self.float_output_params(sim_node))
+            iv = self.inner_value(sim_node, sim_node, self.float_output_step(sim_node))
             self.values[sim_node] = self.graph.call_function(qc.dequantize.default, (iv.node, iv.scale, iv.zp))
             return self.values[sim_node]
         if sim_node.op == "call_function" and (not self.sim.meta.get(meta.SCHEME) or not produces_float(sim_node)
@@ -132,7 +132,7 @@ class _Converter:
         if isinstance(arg, fx.Node) and arg in self.ints:
             return self.ints[arg]
         if isinstance(arg, fx.Node) and op_kind(arg.target) == WEIGHTED and arg not in self.values and len(arg.users) == 1:
-            return self.inner_value(arg, op, out)
+            return self.inner_value(arg, op, out.scale)
         if isinstance(arg, fx.Node) and arg.op == "call_function" and self.from_constants(arg):
             value = self.float_of(arg)  # e.g. a class token expanded to the batch: computed, then quantized like the output
             node = self.graph.call_function(qc.quantize.default, (value, out.scale, out.zp, out.qmin, out.qmax, out.dtype))
@@ -162,26 +162,25 @@ class _Converter:
         args = [self.constant_value(a) if isinstance(a, fx.Node) else a for a in node.args]
         return node.target(*args, **node.kwargs)
 
-    def float_output_params(self, layer: fx.Node) -> QParams:
-        """An output step for a conv/linear whose output stays float, fine enough to stand
-        for float (2^-30 of the largest output its integer inputs allow): the step is
-        2^INNER_BITS times this, so the int32 result is 2^-37 of that bound."""
+    def float_output_step(self, layer: fx.Node) -> float:
+        """The step ``inner_value`` takes for a conv/linear whose output stays float: it
+        computes at 2^-INNER_BITS of it, which is 2^-30 of the largest output the layer's
+        integer inputs allow (int32 cannot overflow, and the result stands for float)."""
         x = self.ints[layer.args[0]]
         w = self.constant_value(layer.args[1]).double()
         bias = layer.args[2] if len(layer.args) > 2 else None
         bias_max = float(self.constant_value(bias).abs().max()) if isinstance(bias, fx.Node) else 0.0
         x_max = x.scale * max(x.qmax - x.zp, x.zp - x.qmin)
         bound = float(w.abs().reshape(w.shape[0], -1).sum(1).max()) * x_max + bias_max
-        scale = max(bound, 1e-30) / 2**30 * 2**INNER_BITS
-        return QParams(scale, 0, -(2**31 - 1), 2**31 - 1, torch.int32)
+        return max(bound, 1e-30) / 2**30 * 2**INNER_BITS
 
-    def inner_value(self, layer: fx.Node, op: fx.Node, out: QParams) -> IntValue:
+    def inner_value(self, layer: fx.Node, op: fx.Node, out_step: float) -> IntValue:
         """The output of a conv/linear that a PT2E quantizer fused into ``op`` with no
         quantizer between them (X86InductorQuantizer's conv + add): computed in int32 at
-        2^-INNER_BITS of ``out``'s step, so that ``op``'s own rounding keeps the result within
+        2^-INNER_BITS of ``out_step`` (the step of ``op``'s output), so that ``op``'s own rounding keeps the result within
         one step of the simulation's (2^-7 + 1/2 + 1/2 < 1.5, and both are integers)."""
         q_inner = 2**31 - 1
-        inner = QParams(out.scale / 2**INNER_BITS, 0, -q_inner, q_inner, torch.int32)
+        inner = QParams(out_step / 2**INNER_BITS, 0, -q_inner, q_inner, torch.int32)
         node = self.convert(layer, inner, op)
         return IntValue(node, inner.scale, 0, inner.qmin, inner.qmax, torch.int32)
 

@@ -28,8 +28,6 @@ from .inputs import InputError, as_input_tuple, check_example_inputs
 from .log import logger
 from .ops import keep_whole_ops
 
-
-
 aten = torch.ops.aten
 
 def _decomposition_table() -> dict:

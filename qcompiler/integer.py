@@ -177,8 +177,9 @@ class _Converter:
     def inner_value(self, layer: fx.Node, op: fx.Node, out_step: float) -> IntValue:
         """The output of a conv/linear that a PT2E quantizer fused into ``op`` with no
         quantizer between them (X86InductorQuantizer's conv + add): computed in int32 at
-        2^-INNER_BITS of ``out_step`` (the step of ``op``'s output), so that ``op``'s own rounding keeps the result within
-        one step of the simulation's (2^-7 + 1/2 + 1/2 < 1.5, and both are integers)."""
+        2^-INNER_BITS of ``out_step`` (the step of ``op``'s output), so that ``op``'s own
+        rounding keeps the result within one step of the simulation's (2^-7 + 1/2 + 1/2 < 1.5,
+        and both are integers)."""
         q_inner = 2**31 - 1
         inner = QParams(out_step / 2**INNER_BITS, 0, -q_inner, q_inner, torch.int32)
         node = self.convert(layer, inner, op)
